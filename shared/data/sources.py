@@ -1,0 +1,199 @@
+"""The registered datasets: Fashion-MNIST (default, offline from Debian's files), MNIST, CIFAR-10/100,
+scikit-learn digits and a user's own folder (ImageFolder or .npz)."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from shared.data.registry import DatasetInfo, LabeledImages, register_dataset
+from shared.errors import DataError
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+DEFAULT_ROOT = Path(os.environ.get("CONDEX_DATA", Path.home() / ".cache" / "condex" / "data"))
+
+FASHION_MNIST = DatasetInfo(
+    "fashion_mnist", 1, (28, 28), 10, (0.2860,), (0.3530,),
+    ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+)
+MNIST = DatasetInfo("mnist", 1, (28, 28), 10, (0.1307,), (0.3081,), tuple(str(i) for i in range(10)))
+CIFAR10 = DatasetInfo(
+    "cifar10", 3, (32, 32), 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+    ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+)
+CIFAR100 = DatasetInfo("cifar100", 3, (32, 32), 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
+DIGITS = DatasetInfo("digits", 1, (8, 8), 10, (0.3050,), (0.3783,), tuple(str(i) for i in range(10)))
+FOLDER = DatasetInfo("folder", 3, (32, 32), 0, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (the MNIST family's format), gzipped or not."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        data = handle.read()
+    magic = int.from_bytes(data[0:4], "big")
+    ndim = magic & 0xFF
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _idx_files(folder: Path, split: str) -> tuple[Path, Path] | None:
+    prefix = "train" if split == "train" else "t10k"
+    for suffix in (".gz", ""):
+        images = folder / f"{prefix}-images-idx3-ubyte{suffix}"
+        labels = folder / f"{prefix}-labels-idx1-ubyte{suffix}"
+        if images.exists() and labels.exists():
+            return images, labels
+    return None
+
+
+def _from_idx(images: Path, labels: Path, info: DatasetInfo) -> LabeledImages:
+    x = torch.from_numpy(_read_idx(images).copy()).unsqueeze(1)
+    y = torch.from_numpy(_read_idx(labels).astype(np.int64))
+    return LabeledImages(x, y, info)
+
+
+def _torchvision_dataset(cls_name: str, root: Path, split: str, download: bool):  # noqa: ANN202
+    import torchvision
+
+    cls = getattr(torchvision.datasets, cls_name)
+    try:
+        return cls(str(root), train=split == "train", download=download)
+    except RuntimeError as exc:  # torchvision raises RuntimeError when files are missing
+        raise DataError(
+            f"dataset files for {cls_name} are missing under {root} and download={download}: {exc}. "
+            "Pass --data-root to a folder that holds them, or allow download."
+        ) from exc
+
+
+def _mnist_like(cls_name: str, info: DatasetInfo, split: str, root: Path | None, download: bool) -> LabeledImages:
+    root = root or DEFAULT_ROOT
+    raw = root / cls_name / "raw"
+    found = _idx_files(raw, split)
+    if found is None:
+        ds = _torchvision_dataset(cls_name, root, split, download)
+        return LabeledImages(ds.data.unsqueeze(1).clone(), ds.targets.clone().long(), info)
+    return _from_idx(*found, info)
+
+
+@register_dataset(FASHION_MNIST)
+def _fashion_mnist(split: str, root: Path | None, download: bool) -> LabeledImages:
+    for folder in ([root, root / "FashionMNIST" / "raw"] if root else []) + [DEBIAN_FASHION_MNIST]:
+        found = _idx_files(folder, split)
+        if found is not None:
+            return _from_idx(*found, FASHION_MNIST)
+    return _mnist_like("FashionMNIST", FASHION_MNIST, split, root, download)
+
+
+@register_dataset(MNIST)
+def _mnist(split: str, root: Path | None, download: bool) -> LabeledImages:
+    return _mnist_like("MNIST", MNIST, split, root, download)
+
+
+def _cifar(cls_name: str, info: DatasetInfo, split: str, root: Path | None, download: bool) -> LabeledImages:
+    ds = _torchvision_dataset(cls_name, root or DEFAULT_ROOT, split, download)
+    images = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
+    return LabeledImages(images, torch.tensor(ds.targets, dtype=torch.int64), info)
+
+
+@register_dataset(CIFAR10)
+def _cifar10(split: str, root: Path | None, download: bool) -> LabeledImages:
+    return _cifar("CIFAR10", CIFAR10, split, root, download)
+
+
+@register_dataset(CIFAR100)
+def _cifar100(split: str, root: Path | None, download: bool) -> LabeledImages:
+    return _cifar("CIFAR100", CIFAR100, split, root, download)
+
+
+@register_dataset(DIGITS)
+def _digits(split: str, root: Path | None, download: bool) -> LabeledImages:
+    """scikit-learn's bundled 8x8 digits (values 0..16); a fixed 80/20 split with seed 0."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
+    order = np.random.default_rng(0).permutation(len(images))
+    cut = int(0.8 * len(images))
+    idx = order[:cut] if split == "train" else order[cut:]
+    return LabeledImages(torch.from_numpy(images[idx].copy()), torch.from_numpy(bunch.target[idx].astype(np.int64)), DIGITS)
+
+
+@register_dataset(FOLDER)
+def _folder(split: str, root: Path | None, download: bool) -> LabeledImages:
+    """A data site's own images: ``root/{split}.npz`` (``images`` N x H x W [x C] uint8, ``labels``)
+    or an ImageFolder tree ``root/{split}/<class>/<image>``. Normalisation is computed from the data."""
+    if root is None:
+        raise DataError("dataset 'folder' needs a data root: pass --data-root (or node config data-dir)")
+    npz = root / f"{split}.npz"
+    if npz.exists():
+        with np.load(npz) as arrays:
+            if "images" not in arrays or "labels" not in arrays:
+                raise DataError(f"{npz} must hold arrays 'images' and 'labels', found {sorted(arrays)}")
+            images, labels = arrays["images"], arrays["labels"]
+        names: tuple[str, ...] = ()
+    elif (root / split).is_dir():
+        images, labels, names = _read_image_folder(root / split)
+    else:
+        raise DataError(f"no {npz.name} and no {split}/ ImageFolder under {root}; see README 'Deploy at data sites'")
+    images = _to_nchw_uint8(images, npz)
+    labels = np.asarray(labels, dtype=np.int64)
+    num_classes = int(labels.max()) + 1 if labels.size else 0
+    pixels = images.astype(np.float32) / 255.0
+    info = DatasetInfo(
+        "folder", images.shape[1], (images.shape[2], images.shape[3]), max(num_classes, len(names)),
+        tuple(float(m) for m in pixels.mean(axis=(0, 2, 3))),
+        tuple(max(float(s), 1e-3) for s in pixels.std(axis=(0, 2, 3))),
+        names,
+    )
+    return LabeledImages(torch.from_numpy(images), torch.from_numpy(labels), info)
+
+
+def _to_nchw_uint8(images: np.ndarray, source: Path) -> np.ndarray:
+    if images.dtype != np.uint8:
+        raise DataError(f"{source}: 'images' must be uint8 (0..255), got {images.dtype}")
+    if images.ndim == 3:
+        return np.ascontiguousarray(images[:, None])
+    if images.ndim == 4 and images.shape[-1] in (1, 3):
+        return np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+    if images.ndim == 4 and images.shape[1] in (1, 3):
+        return np.ascontiguousarray(images)
+    raise DataError(f"{source}: 'images' must be N x H x W, N x H x W x C or N x C x H x W, got {images.shape}")
+
+
+def _read_image_folder(folder: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    from PIL import Image
+
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        for file in sorted((folder / name).iterdir()):
+            with Image.open(file) as img:
+                images.append(np.asarray(img.convert("RGB" if img.mode not in ("L",) else "L")))
+            labels.append(label)
+    if not images:
+        raise DataError(f"ImageFolder {folder} holds no images")
+    shapes = {im.shape for im in images}
+    if len(shapes) != 1:
+        raise DataError(f"ImageFolder {folder} mixes image sizes {sorted(shapes)}; resize them to one size first")
+    return np.stack(images), np.asarray(labels), tuple(classes)
+
+
+def place_fashion_mnist_for_torchvision(root: Path) -> Path:
+    """Copy Debian's Fashion-MNIST files where torchvision's FashionMNIST looks, so it needs no network."""
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for file in DEBIAN_FASHION_MNIST.glob("*-ubyte.gz"):
+        target = raw / file.name
+        if not target.exists():
+            shutil.copyfile(file, target)
+        unpacked = raw / file.name[:-3]
+        if not unpacked.exists():
+            with gzip.open(file, "rb") as src, open(unpacked, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+    return raw
