@@ -113,13 +113,21 @@ def from_dict(values: dict[str, Any]) -> CondexConfig:
 def load_config(overrides: list[str] | None = None, config_name: str = "condex") -> CondexConfig:
     """Compose ``configs/<config_name>.yaml`` with Hydra (plus ``key=value`` overrides) into a validated config."""
     from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
+    from hydra.core.config_store import ConfigStore
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
+    # The dataclasses are Hydra's schema, so every field can be overridden and is type-checked.
+    ConfigStore.instance().store(name="condex_schema", node=CondexConfig)
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        composed = compose(config_name=config_name, overrides=list(overrides or []))
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+            composed = compose(config_name=config_name, overrides=list(overrides or []))
+    except (HydraException, OmegaConfBaseException) as exc:
+        cause = f" ({exc.__cause__})" if exc.__cause__ else ""
+        raise ConfigError(f"bad configuration override: {exc}{cause}") from None
     values = OmegaConf.to_container(composed, resolve=True)
     assert isinstance(values, dict)
     values.pop("setting", None)

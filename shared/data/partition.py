@@ -12,7 +12,7 @@ SCHEMES = ("iid", "dirichlet", "pathological")
 
 
 def _partitioner(scheme: str, num_partitions: int, alpha: float, classes_per_partition: int, seed: int,
-                 min_partition_size: int):  # noqa: ANN202
+                 min_partition_size: int):
     from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, PathologicalPartitioner
 
     if scheme == "iid":

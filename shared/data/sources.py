@@ -58,7 +58,7 @@ def _from_idx(images: Path, labels: Path, info: DatasetInfo) -> LabeledImages:
     return LabeledImages(x, y, info)
 
 
-def _torchvision_dataset(cls_name: str, root: Path, split: str, download: bool):  # noqa: ANN202
+def _torchvision_dataset(cls_name: str, root: Path, split: str, download: bool):
     import torchvision
 
     cls = getattr(torchvision.datasets, cls_name)

@@ -1,0 +1,82 @@
+"""DCGAN-style image generator used by every generative model-inversion method.
+
+latent z (``latent_dim``) -> linear -> ``width*2`` feature maps at a quarter of the image size -> two
+nearest-upsampling conv blocks (BN + LeakyReLU) -> conv to ``channels`` -> sigmoid (pixel space [0, 1])
+-> the dataset normalisation, so the output is already in the teacher's input space."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from shared.errors import ConfigError
+
+
+class Generator(nn.Module):
+    """Maps latent codes to normalised images ``N x channels x image_size x image_size``."""
+
+    def __init__(
+        self,
+        latent_dim: int = 256,
+        channels: int = 1,
+        image_size: int | Sequence[int] = 28,
+        mean: Sequence[float] = (0.0,),
+        std: Sequence[float] = (1.0,),
+        width: int = 64,
+    ) -> None:
+        super().__init__()
+        size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        if len(size) != 2 or min(size) < 4:
+            raise ConfigError(f"generator image_size={image_size!r} must be an int or (H, W) pair >= 4")
+        if len(mean) != channels or len(std) != channels:
+            raise ConfigError(f"generator mean/std need {channels} values (one per channel), got {mean}, {std}")
+        self.latent_dim = latent_dim
+        self.channels = channels
+        self.image_size: tuple[int, int] = (int(size[0]), int(size[1]))
+        # Start at a quarter of the output size (rounded up); two x2 upsamplings reach it (then crop).
+        self.init_size = (math.ceil(size[0] / 4), math.ceil(size[1] / 4))
+        self.project = nn.Sequential(nn.Linear(latent_dim, width * 2 * self.init_size[0] * self.init_size[1]))
+        self.width = width
+        self.body = nn.Sequential(
+            nn.BatchNorm2d(width * 2),
+            nn.Upsample(scale_factor=2, mode="nearest"),
+            nn.Conv2d(width * 2, width * 2, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width * 2),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Upsample(scale_factor=2, mode="nearest"),
+            nn.Conv2d(width * 2, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(width, channels, 3, padding=1),
+        )
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, channels, 1, 1))
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, channels, 1, 1))
+
+    def pixels(self, z: torch.Tensor) -> torch.Tensor:
+        """Images in pixel space [0, 1]."""
+        h = self.project(z).view(z.shape[0], self.width * 2, *self.init_size)
+        out = torch.sigmoid(self.body(h))
+        if out.shape[-2:] != self.image_size:  # sizes not divisible by 4: centre-crop the 4x map
+            top = (out.shape[-2] - self.image_size[0]) // 2
+            left = (out.shape[-1] - self.image_size[1]) // 2
+            out = out[..., top : top + self.image_size[0], left : left + self.image_size[1]]
+        return out
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Normalised images, ready for the teacher."""
+        return (self.pixels(z) - self.mean) / self.std
+
+    def sample_latent(self, n: int, device: torch.device | str | None = None) -> torch.Tensor:
+        return torch.randn(n, self.latent_dim, device=device or self.mean.device)
+
+
+def to_pixels(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Normalised images back to [0, 1] (clamped), e.g. for PNG grids."""
+    shape = (1, len(mean), 1, 1)
+    m = torch.tensor(list(mean), dtype=images.dtype, device=images.device).view(shape)
+    s = torch.tensor(list(std), dtype=images.dtype, device=images.device).view(shape)
+    return (images * s + m).clamp(0.0, 1.0)
+
