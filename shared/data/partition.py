@@ -71,5 +71,5 @@ def train_test_split_indices(indices: np.ndarray, test_fraction: float, seed: in
     if not 0.0 <= test_fraction < 1.0:
         raise ConfigError(f"data.test_fraction={test_fraction} must be in [0, 1)")
     order = np.random.default_rng(seed).permutation(np.asarray(indices))
-    cut = int(round(len(order) * test_fraction))
+    cut = round(len(order) * test_fraction)
     return np.sort(order[cut:]), np.sort(order[:cut])

@@ -86,7 +86,9 @@ def dataset_names() -> list[str]:
     return _loaders.names()
 
 
-def load_dataset(name: str, split: str = "train", root: str | Path | None = None, download: bool = True) -> LabeledImages:
+def load_dataset(
+    name: str, split: str = "train", root: str | Path | None = None, download: bool = True
+) -> LabeledImages:
     """Load a registered dataset split (``train`` or ``test``) as uint8 images and labels."""
     if split not in ("train", "test"):
         raise DataError(f"split={split!r} is not valid; use 'train' or 'test'")

@@ -121,7 +121,8 @@ def _digits(split: str, root: Path | None, download: bool) -> LabeledImages:
     order = np.random.default_rng(0).permutation(len(images))
     cut = int(0.8 * len(images))
     idx = order[:cut] if split == "train" else order[cut:]
-    return LabeledImages(torch.from_numpy(images[idx].copy()), torch.from_numpy(bunch.target[idx].astype(np.int64)), DIGITS)
+    labels = torch.from_numpy(bunch.target[idx].astype(np.int64))
+    return LabeledImages(torch.from_numpy(images[idx].copy()), labels, DIGITS)
 
 
 @register_dataset(FOLDER)
