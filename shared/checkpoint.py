@@ -9,6 +9,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -117,6 +120,14 @@ class ModelCard:
         return cls.from_dict(values, source=str(path))
 
 
+@contextmanager
+def quiet_jit() -> Iterator[None]:
+    """torch.jit's save/load/script warn that TorchScript is deprecated; it is still how users ship models."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+        yield
+
+
 def card_for_dataset(info: Any, arch: str, arch_kwargs: dict[str, Any] | None = None, **fields: Any) -> ModelCard:
     """A card whose data fields (classes, shape, normalisation) come from a ``DatasetInfo``."""
     if info.image_size[0] != info.image_size[1]:
@@ -195,8 +206,11 @@ def save_checkpoint(directory: str | Path, model: nn.Module, card: ModelCard) ->
         else:
             scripted = model.scripted if isinstance(model, ScriptedClassifier) else model
             if not isinstance(scripted, torch.jit.ScriptModule):
-                raise CheckpointError(f"card format 'torchscript' needs a TorchScript model, got {type(model).__name__}")
-            torch.jit.save(scripted, str(weights))
+                raise CheckpointError(
+                    f"card format 'torchscript' needs a TorchScript model, got {type(model).__name__}"
+                )
+            with quiet_jit():
+                torch.jit.save(scripted, str(weights))
         (tmp / CARD_FILE).write_text(card.to_json(), encoding="utf-8")
     return directory
 
@@ -234,7 +248,9 @@ def _load_safetensors(weights: Path, card: ModelCard) -> nn.Module:
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"weights file {weights} cannot be read ({exc}); it is corrupted or not safetensors") from None
+        raise CheckpointError(
+            f"weights file {weights} cannot be read ({exc}); it is corrupted or not safetensors"
+        ) from None
     model = build_from_card(card)
     load_state_dict_checked(model, state, str(weights), card.arch)
     return model
@@ -242,7 +258,8 @@ def _load_safetensors(weights: Path, card: ModelCard) -> nn.Module:
 
 def _load_scripted(weights: Path, card: ModelCard) -> nn.Module:
     try:
-        scripted = torch.jit.load(str(weights), map_location="cpu")
+        with quiet_jit():
+            scripted = torch.jit.load(str(weights), map_location="cpu")
     except (RuntimeError, ValueError, OSError) as exc:
         raise CheckpointError(f"TorchScript file {weights} cannot be loaded ({exc})") from None
     returns_features, feature_dim = probe_scripted(scripted, card)

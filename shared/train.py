@@ -158,8 +158,8 @@ def _train_epoch(model: nn.Module, data: LabeledImages, batch_size: int, augment
         loss.backward()
         optimizer.step()
         scheduler.step()
-        total_loss += float(loss) * len(idx)
-        correct += int((logits.argmax(1) == y).sum())
+        total_loss += float(loss.detach()) * len(idx)
+        correct += int((logits.detach().argmax(1) == y).sum())
         seen += len(idx)
         bar.advance(1, loss=total_loss / seen, acc=correct / seen)  # type: ignore[attr-defined]
     return total_loss / seen, correct / seen

@@ -83,7 +83,8 @@ def _validity() -> tuple[dt.datetime, dt.datetime]:
     return now - dt.timedelta(minutes=5), now + dt.timedelta(days=VALID_DAYS)
 
 
-def make_ca(out: Path, common_name: str = "condex deployment CA") -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+def make_ca(out: Path, common_name: str = "condex deployment CA"
+            ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     """Create a self-signed CA and write ``ca.key`` + ``ca.crt`` under ``out``."""
     key = ec.generate_private_key(CURVE)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])

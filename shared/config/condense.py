@@ -1,14 +1,130 @@
-"""Client-side condensation settings. (Owned by client/condense; extend freely.)"""
+"""Client-side condensation settings: which method, how many samples per class, optimisation and privacy knobs.
+
+Defaults are the generic ones; ``configs/setting/fmnist_cpu.yaml`` sets the FMNIST-CPU values. ``validate``
+checks every field and the combinations that make no sense (e.g. ``real`` with a privacy budget)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+from shared.errors import ConfigError
+
+WIRE_DTYPES = ("uint8", "float16")
+INITS = ("auto", "real", "noise")
+CLASS_COMPOSITIONS = ("parallel", "sequential")
 
 
 @dataclass
 class CondenseConfig:
-    method: str = "dm"
-    ipc: int = 10
+    method: str = "dm"  # dm | gm | real | dp-dm | dp-gm (registry in client/condense)
+    ipc: int = 10  # synthetic images per class the client holds (at most its real count of that class)
+    iterations: int = 1000  # outer iterations (dm: one random embedding net each; gm: one matching net each)
+    lr_img: float = 1.0  # SGD step on the pixels (normalised space); DM uses 1.0, gradient matching 0.1
+    momentum: float = 0.5
+    batch_real: int = 256  # real images per class per iteration (DP: expected size under Poisson sampling)
+    init: str = "auto"  # auto | real | noise; auto = real, or noise for DP methods (a real init would leak images)
+    dsa: bool = True  # differentiable siamese augmentation on real and synthetic batches
+    dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
+    model: str = "convnet3"  # embedding / matching network (shared.models)
+    model_width: int = 128
+    model_depth: int = 3
+    # gradient matching only
+    outer_loop: int = 0  # image updates per matching net; 0 = the DC/DSA schedule for the IPC (1/10/50)
+    inner_loop: int = 0  # net updates on the synthetic set between image updates; 0 = the DC/DSA schedule
+    lr_net: float = 0.01
+    batch_train: int = 256
+    # differential privacy (dp-dm, dp-gm)
+    epsilon: float | None = None  # target epsilon; the noise multiplier is calibrated to reach it
+    delta: float = 1e-5
+    clip: float = 1.0  # L2 bound on each real sample's contribution (embedding or gradient)
+    noise_multiplier: float | None = None  # set directly instead of epsilon (then epsilon is only reported)
+    sample_rate: float | None = None  # Poisson rate per real record; None = batch_real per held class on average
+    accountant: str = "rdp"  # shared.privacy accountants
+    class_composition: str = "parallel"  # parallel: classes are disjoint; sequential: charge every class
+    # output and resources
+    wire_dtype: str = "uint8"  # uint8 | float16 image encoding on the wire
+    time_budget_s: float = 0.0  # > 0: stop iterating after this many seconds (DP reports the steps taken)
+    seed: int = 0
 
     def validate(self) -> None:
-        pass
+        self._check_ranges()
+        self._check_choices()
+        self._check_privacy()
+
+    def _check_ranges(self) -> None:
+        positive_ints = ("ipc", "iterations", "batch_real", "model_width", "model_depth", "batch_train")
+        for name in positive_ints:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"condense.{name}={value!r} must be an integer >= 1")
+        for name in ("outer_loop", "inner_loop"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"condense.{name}={getattr(self, name)} must be >= 0 (0 = DC/DSA schedule)")
+        for name in ("lr_img", "lr_net", "clip"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"condense.{name}={value!r} must be a finite number > 0")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"condense.momentum={self.momentum} must be in [0, 1)")
+        if self.time_budget_s < 0:
+            raise ConfigError(f"condense.time_budget_s={self.time_budget_s} must be >= 0 (0 = no budget)")
+
+    def _check_choices(self) -> None:
+        from client.condense import condenser_names  # lazy: the registry lives with the methods
+        from shared.augment.dsa import check_strategy
+        from shared.privacy import accountant_names
+
+        if self.method not in condenser_names():
+            raise ConfigError(f"condense.method={self.method!r} is unknown; choose one of {', '.join(condenser_names())}")
+        if self.init not in INITS:
+            raise ConfigError(f"condense.init={self.init!r} must be one of {', '.join(INITS)}")
+        if self.wire_dtype not in WIRE_DTYPES:
+            raise ConfigError(f"condense.wire_dtype={self.wire_dtype!r} must be one of {', '.join(WIRE_DTYPES)}")
+        if self.accountant not in accountant_names():
+            raise ConfigError(f"condense.accountant={self.accountant!r} must be one of {', '.join(accountant_names())}")
+        if self.class_composition not in CLASS_COMPOSITIONS:
+            raise ConfigError(
+                f"condense.class_composition={self.class_composition!r} must be one of {', '.join(CLASS_COMPOSITIONS)}"
+            )
+        check_strategy(self.dsa_strategy, field="condense.dsa_strategy")
+
+    @property
+    def private(self) -> bool:
+        return self.method.startswith("dp-")
+
+    @property
+    def resolved_init(self) -> str:
+        if self.init == "auto":
+            return "noise" if self.private else "real"
+        return self.init
+
+    def _check_privacy(self) -> None:
+        asks_dp = self.epsilon is not None or self.noise_multiplier is not None
+        if self.method == "real" and asks_dp:
+            raise ConfigError(
+                "condense.method=real sends real images and cannot be differentially private; "
+                "unset condense.epsilon/noise_multiplier or use condense.method=dp-dm or dp-gm"
+            )
+        if asks_dp and not self.private:
+            raise ConfigError(
+                f"condense.epsilon/noise_multiplier is set but condense.method={self.method!r} adds no noise; "
+                f"use condense.method=dp-{self.method} (or unset the privacy budget)"
+            )
+        if not self.private:
+            return
+        if not asks_dp:
+            raise ConfigError(f"condense.method={self.method} needs condense.epsilon (or condense.noise_multiplier)")
+        if self.epsilon is not None and not (math.isfinite(self.epsilon) and self.epsilon > 0):
+            raise ConfigError(f"condense.epsilon={self.epsilon!r} must be a finite number > 0")
+        if self.noise_multiplier is not None and not (math.isfinite(self.noise_multiplier) and self.noise_multiplier > 0):
+            raise ConfigError(f"condense.noise_multiplier={self.noise_multiplier!r} must be a finite number > 0")
+        if not 0.0 < self.delta < 1.0:
+            raise ConfigError(f"condense.delta={self.delta} must be in (0, 1)")
+        if self.sample_rate is not None and not 0.0 < self.sample_rate <= 1.0:
+            raise ConfigError(f"condense.sample_rate={self.sample_rate} must be in (0, 1]")
+        if self.init == "real":
+            raise ConfigError(
+                f"condense.init={self.init!r} with condense.method={self.method}: initialising from real images "
+                "would publish them; set condense.init=noise (or auto)"
+            )

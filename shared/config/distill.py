@@ -1,15 +1,120 @@
-"""Server engine settings: inversion, feature alignment, KD, pool, export. (Owned by server/; extend freely.)"""
+"""Server engine settings: inversion, feature alignment, KD, pool, run management. (Owned by server/.)
+
+One knob per field; ``validate()`` raises ``ConfigError`` naming ``distill.<field>``. Names of pluggable
+parts (base method, KD loss, sampler, replay) are checked against their registries when the engine is
+built (the registries live in ``server/`` and are not imported here to keep the config light)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shared.errors import ConfigError
+
+MODES = ("cs-only", "mi", "mi+cs", "mi*")
+POOL_POLICIES = ("reservoir", "oldest")
+STUDENT_OPTIMIZERS = ("sgd", "adam")
+LR_SCHEDULES = ("cosine", "constant")
+KD_AUGMENTS = ("none", "crop", "crop_flip")
+
 
 @dataclass
 class DistillConfig:
+    # What to distil and how (the paper's comparison: cs-only, mi, mi+cs, mi* = guided).
     student: str = "lenet5_half"
-    base: str = "fast"
+    base: str = "fast"  # inversion method: deepinversion | fast (cmi later)
     mode: str = "mi*"
+    # Budget: stop after `epochs` (0 = no limit) or `budget_seconds` of training time (0 = no limit).
+    epochs: int = 200
+    budget_seconds: float = 0.0
+    # Generator and synthesis.
+    latent_dim: int = 256
+    generator_width: int = 32
+    synthesis_batch_size: int = 64
+    g_steps: int = 2  # generator (or fast-generator) steps per synthesised batch
+    lr_generator: float = 2e-3
+    lr_latent: float = 0.01  # fast: learning rate of the per-batch latent codes
+    warmup_epochs: int = 10  # adversarial term off during warm-up
+    bn_weight: float = 10.0
+    oh_weight: float = 0.5
+    adv_weight: float = 1.0
+    # Condensed-guided feature alignment (used in mode mi*).
+    fa_weight: float = 1.0
+    lr_discriminator: float = 2e-3
+    discriminator_hidden: int = 64
+    condensed_batch_size: int = 64  # condensed samples per discriminator step
+    diffaugment: str = "color,translation,cutout"
+    # Knowledge distillation.
+    kd_loss: str = "kl"
+    temperature: float = 4.0
+    kd_batch_size: int = 128
+    kd_steps: int = 10  # KD steps per epoch (after each synthesised batch)
+    kd_augment: str = "none"  # augment KD batches (recomputes teacher logits) or reuse cached logits
+    student_optimizer: str = "adam"
+    lr_student: float = 2e-3
+    weight_decay: float = 0.0
+    lr_schedule: str = "cosine"
+    # Pool of KD samples (condensed + synthetic), in memory.
+    replay: str = "pool"
+    pool_cap: int = 20000
+    pool_policy: str = "reservoir"
+    sampler: str = "uniform"
+    # Run management.
+    num_threads: int = 0  # torch intra-op threads (0 = torch default)
+    eval_every_seconds: float = 30.0
+    eval_samples: int = 10000  # test images used for the periodic accuracy (final eval uses all)
+    checkpoint_every: int = 50  # epochs between resumable checkpoints (0 = only at the end)
+    grid_every: int = 100  # epochs between PNG grids of synthetic vs condensed images (0 = only at the end)
 
     def validate(self) -> None:
-        pass
+        _choice("mode", self.mode, MODES)
+        _choice("pool_policy", self.pool_policy, POOL_POLICIES)
+        _choice("student_optimizer", self.student_optimizer, STUDENT_OPTIMIZERS)
+        _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _choice("kd_augment", self.kd_augment, KD_AUGMENTS)
+        for name in ("student", "base", "kd_loss", "replay", "sampler"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ConfigError(f"distill.{name} must be a non-empty name")
+        for name in ("latent_dim", "generator_width", "synthesis_batch_size", "g_steps", "discriminator_hidden",
+                     "condensed_batch_size", "kd_batch_size", "kd_steps", "pool_cap", "eval_samples"):
+            _at_least(name, getattr(self, name), 1)
+        for name in ("epochs", "warmup_epochs", "checkpoint_every", "grid_every", "num_threads"):
+            _at_least(name, getattr(self, name), 0)
+        for name in ("lr_generator", "lr_latent", "lr_discriminator", "lr_student", "temperature"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"distill.{name}={getattr(self, name)!r} must be > 0")
+        for name in ("bn_weight", "oh_weight", "adv_weight", "fa_weight", "weight_decay", "budget_seconds",
+                     "eval_every_seconds"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"distill.{name}={getattr(self, name)!r} must be >= 0")
+        if self.epochs == 0 and self.budget_seconds == 0:
+            raise ConfigError("distill.epochs and distill.budget_seconds are both 0 (no limit); set one of them")
+        if self.mode == "mi*" and self.fa_weight == 0:
+            raise ConfigError("distill.fa_weight=0 turns mode mi* into mi+cs; use mode=mi+cs or a positive weight")
+        from shared.augment.diffaugment import parse_policy
+
+        try:
+            parse_policy(self.diffaugment)
+        except ConfigError as exc:
+            raise ConfigError(f"distill.diffaugment: {exc}") from None
+
+    @property
+    def synthesizes(self) -> bool:
+        return self.mode != "cs-only"
+
+    @property
+    def guided(self) -> bool:
+        return self.mode == "mi*"
+
+    @property
+    def uses_condensed(self) -> bool:
+        return self.mode != "mi"
+
+
+def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"distill.{name}={value!r} must be one of {', '.join(allowed)}")
+
+
+def _at_least(name: str, value: object, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"distill.{name}={value!r} must be an integer >= {minimum}")

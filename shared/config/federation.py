@@ -1,13 +1,53 @@
-"""Flower federation settings: node counts, timeouts, acceptance. (Owned by the Flower apps; extend freely.)"""
+"""Flower federation settings: how long the server waits for data sites, what it accepts, what it evaluates.
+
+Used by the ServerApp (``server/app.py``); every field is a ``federation.<kebab-key>`` entry of
+``[tool.flwr.app.config]`` so ``flwr run . --run-config "federation.min-nodes=3"`` overrides it."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+from shared.errors import ConfigError
 
 
 @dataclass
 class FederationConfig:
-    min_nodes: int = 2
+    min_nodes: int = 2  # connected SuperNodes needed before the condense query goes out
+    max_nodes: int = 0  # > 0: query at most this many of the connected nodes (sorted by id); 0 = all
+    node_wait_timeout_s: float = 300.0  # give up (ConfigError in the report) if min_nodes never connect
+    reply_timeout_s: float = 3600.0  # wait at most this long for condensed payloads (slow nodes are dropped)
+    min_payload_fraction: float = 0.5  # accepted payloads / queried nodes needed to go on with distillation
+    max_payload_bytes: int = 64 * 1024 * 1024  # a reply larger than this is rejected before decoding
+    federated_eval: bool = True  # send the exported student to the nodes for evaluation on their held-out data
+    eval_timeout_s: float = 600.0
+    message_ttl_s: float = 0.0  # Flower message TTL; 0 = reply timeout + 60 s
 
     def validate(self) -> None:
-        pass
+        if not isinstance(self.min_nodes, int) or self.min_nodes < 1:
+            raise ConfigError(f"federation.min_nodes={self.min_nodes!r} must be an integer >= 1")
+        if not isinstance(self.max_nodes, int) or self.max_nodes < 0:
+            raise ConfigError(f"federation.max_nodes={self.max_nodes!r} must be an integer >= 0 (0 = all nodes)")
+        if self.max_nodes and self.max_nodes < self.min_nodes:
+            raise ConfigError(
+                f"federation.max_nodes={self.max_nodes} is below federation.min_nodes={self.min_nodes}; "
+                "raise max_nodes or set it to 0"
+            )
+        for name in ("node_wait_timeout_s", "reply_timeout_s", "eval_timeout_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"federation.{name}={value!r} must be a finite number of seconds > 0")
+        if not (math.isfinite(self.message_ttl_s) and self.message_ttl_s >= 0):
+            raise ConfigError(f"federation.message_ttl_s={self.message_ttl_s!r} must be >= 0 (0 = automatic)")
+        if not 0.0 < self.min_payload_fraction <= 1.0:
+            raise ConfigError(
+                f"federation.min_payload_fraction={self.min_payload_fraction} must be in (0, 1]; e.g. 0.5 goes on "
+                "when half of the queried nodes sent a valid payload"
+            )
+        if not isinstance(self.max_payload_bytes, int) or self.max_payload_bytes < 1024:
+            raise ConfigError(f"federation.max_payload_bytes={self.max_payload_bytes!r} must be an integer >= 1024")
+
+    @property
+    def ttl(self) -> float:
+        """Flower TTL for the condense query: long enough for the reply to come back within the timeout."""
+        return self.message_ttl_s or self.reply_timeout_s + 60.0

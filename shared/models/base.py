@@ -8,13 +8,17 @@ and KD need) and keeps the forward simple enough to trace, script and export to 
 A family registers one *builder* per name with ``@models.register(name)``. A builder takes
 ``(num_classes, in_channels, image_size)`` positionally and its family options as keyword-only
 arguments; ``build_model`` checks the shared arguments and the option names before calling it.
+
+No layer works in place: DeepInversion and feature alignment read layer inputs and outputs through forward
+hooks, and an in-place activation would silently overwrite what a hook kept.
 """
 
 from __future__ import annotations
 
 import inspect
+import operator
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -25,19 +29,17 @@ from shared.registry import Registry
 MIN_IMAGE_SIZE = 8  # the smallest dataset (sklearn digits) is 8x8
 
 
-class ModelBuilder(Protocol):
-    """Builds one architecture; family options are keyword-only arguments with defaults."""
-
-    def __call__(
-        self, num_classes: int, in_channels: int, image_size: tuple[int, int], /, **options: Any
-    ) -> Classifier: ...
-
-
+# name -> builder(num_classes, in_channels, (height, width), /, *, <family options>) -> Classifier
 models: Registry[Callable[..., Classifier]] = Registry("model")
 
 
 class Classifier(nn.Module):
     """``body`` (images -> N x feature_dim features) followed by a linear ``head`` (features -> logits)."""
+
+    # Bookkeeping for checkpoints and callers, not used by forward; TorchScript need not type them.
+    __jit_ignored_attributes__: ClassVar[list[str]] = ["arch", "arch_kwargs"]
+    arch: str
+    arch_kwargs: dict[str, Any]
 
     def __init__(
         self, body: nn.Module, feature_dim: int, num_classes: int, in_channels: int, image_size: tuple[int, int]
@@ -51,7 +53,7 @@ class Classifier(nn.Module):
         self.image_size = image_size
         # Filled by build_model so checkpoints can rebuild the same network from (arch, arch_kwargs).
         self.arch = ""
-        self.arch_kwargs: dict[str, Any] = {}
+        self.arch_kwargs = {}
         init_weights(self)
 
     def forward(
@@ -90,8 +92,8 @@ def build_model(
     or options the family does not accept.
     """
     builder = models.get(name)
-    _check_int(num_classes, "num_classes", minimum=2)
-    _check_int(in_channels, "in_channels", minimum=1)
+    num_classes = _check_int(num_classes, "num_classes", minimum=2)
+    in_channels = _check_int(in_channels, "in_channels", minimum=1)
     size = _image_size(image_size)
     accepted = _option_names(builder)
     unknown = sorted(set(options) - set(accepted))
@@ -132,20 +134,26 @@ def _option_names(builder: Callable[..., Classifier]) -> list[str]:
 
 
 def _image_size(image_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
-    if isinstance(image_size, int) and not isinstance(image_size, bool):
-        size = (image_size, image_size)
-    elif isinstance(image_size, tuple | list) and len(image_size) == 2:
-        size = (image_size[0], image_size[1])
-    else:
-        raise ConfigError(f"image_size must be an int or a (height, width) pair, got {image_size!r}")
-    for value in size:
-        _check_int(value, "image_size", minimum=MIN_IMAGE_SIZE)
-    return size
+    if isinstance(image_size, tuple | list):
+        if len(image_size) != 2:
+            raise ConfigError(f"image_size must be an int or a (height, width) pair, got {image_size!r}")
+        return (
+            _check_int(image_size[0], "image_size", MIN_IMAGE_SIZE),
+            _check_int(image_size[1], "image_size", MIN_IMAGE_SIZE),
+        )
+    size = _check_int(image_size, "image_size", minimum=MIN_IMAGE_SIZE)
+    return (size, size)
 
 
-def _check_int(value: object, field: str, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+def _check_int(value: object, field: str, minimum: int) -> int:
+    """``value`` as a plain int (numpy integers are accepted) if it is an integer >= ``minimum``."""
+    try:
+        number = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        number = None
+    if number is None or isinstance(value, bool) or number < minimum:
         raise ConfigError(f"{field} must be an integer >= {minimum}, got {value!r}")
+    return number
 
 
 def check_option(value: object, field: str, model: str, minimum: float = 1, kind: type = int) -> None:

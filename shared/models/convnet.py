@@ -44,7 +44,7 @@ def convnet(
     layers: list[nn.Module] = []
     channels = in_channels
     for _ in range(depth):
-        layers += [nn.Conv2d(channels, width, 3, padding=1), _norm(norm, width), nn.ReLU(inplace=True)]
+        layers += [nn.Conv2d(channels, width, 3, padding=1), _norm(norm, width), nn.ReLU()]
         layers.append(nn.AvgPool2d(2))
         channels = width
         height, wide = height // 2, wide // 2

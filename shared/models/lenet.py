@@ -21,16 +21,16 @@ def _lenet(
     height, wide = ((s // 2 + 2 * pad2 - 4) // 2 for s in image_size)
     body = nn.Sequential(
         nn.Conv2d(in_channels, c1, 5, padding=2),
-        nn.ReLU(inplace=True),
+        nn.ReLU(),
         nn.MaxPool2d(2),
         nn.Conv2d(c1, c2, 5, padding=pad2),
-        nn.ReLU(inplace=True),
+        nn.ReLU(),
         nn.MaxPool2d(2),
         nn.Flatten(1),
         nn.Linear(c2 * height * wide, units[0]),
-        nn.ReLU(inplace=True),
+        nn.ReLU(),
         nn.Linear(units[0], units[1]),
-        nn.ReLU(inplace=True),
+        nn.ReLU(),
     )
     return Classifier(body, units[1], num_classes, in_channels, image_size)
 

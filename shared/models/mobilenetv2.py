@@ -28,7 +28,7 @@ def conv_bn(in_planes: int, planes: int, kernel: int, stride: int = 1, groups: i
     return nn.Sequential(
         nn.Conv2d(in_planes, planes, kernel, stride, kernel // 2, groups=groups, bias=False),
         nn.BatchNorm2d(planes),
-        nn.ReLU6(inplace=True),
+        nn.ReLU6(),
     )
 
 

@@ -21,7 +21,7 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU(inplace=True)
+        self.relu = nn.ReLU()
         self.shortcut = nn.Sequential()
         if stride != 1 or in_planes != planes:
             self.shortcut = nn.Sequential(
@@ -42,7 +42,7 @@ def _resnet(
     layers: list[nn.Module] = [
         nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
         nn.BatchNorm2d(width),
-        nn.ReLU(inplace=True),
+        nn.ReLU(),
     ]
     in_planes = width
     for stage, count in enumerate(blocks):

@@ -28,7 +28,7 @@ def _vgg(name: str, num_classes: int, in_channels: int, image_size: tuple[int, i
                 height, wide = height // 2, wide // 2
             continue
         planes = width * item
-        layers += [nn.Conv2d(channels, planes, 3, padding=1, bias=False), nn.BatchNorm2d(planes), nn.ReLU(inplace=True)]
+        layers += [nn.Conv2d(channels, planes, 3, padding=1, bias=False), nn.BatchNorm2d(planes), nn.ReLU()]
         channels = planes
     layers.append(global_pool())
     return Classifier(nn.Sequential(*layers), channels, num_classes, in_channels, image_size)

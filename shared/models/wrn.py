@@ -25,7 +25,7 @@ class WideBlock(nn.Module):
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
-        self.relu = nn.ReLU(inplace=False)  # the activated input is reused by the projection shortcut
+        self.relu = nn.ReLU()
         self.drop_rate = drop_rate
         self.equal = in_planes == planes and stride == 1
         self.shortcut = nn.Identity() if self.equal else nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
@@ -57,7 +57,7 @@ def _wrn(depth: int, widen: int) -> Callable[..., Classifier]:
                 stride = 2 if stage > 0 and index == 0 else 1
                 layers.append(WideBlock(in_planes, widths[stage + 1], stride, float(drop_rate)))
                 in_planes = widths[stage + 1]
-        layers += [nn.BatchNorm2d(in_planes), nn.ReLU(inplace=True), global_pool()]
+        layers += [nn.BatchNorm2d(in_planes), nn.ReLU(), global_pool()]
         return Classifier(nn.Sequential(*layers), in_planes, num_classes, in_channels, image_size)
 
     build.__name__ = name

@@ -1,0 +1,131 @@
+"""The data site's Flower ClientApp (Message API).
+
+* ``query.condense``: load this node's data (``client.task``), condense its training part with the
+  requested method / IPC / privacy budget (``client.condense``) and reply with the payload
+  (``shared.wire``: ArrayRecord + ConfigRecord metadata + MetricRecord with epsilon, time and local counts).
+* ``evaluate``: rebuild the student the server sent and report its accuracy on the node's held-out data.
+
+Configuration = the composed defaults (``configs/``) + the run config (``[tool.flwr.app.config]`` and
+``flwr run --run-config``) + the server's per-request overrides. A node that cannot load its data or is
+asked for something invalid replies with a Flower ``Error`` whose reason names the problem; the run goes
+on with the other nodes."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+import traceback
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any
+
+from flwr.app import Context, Error, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from client.task import LocalData, load_local_data
+from shared import wire
+from shared.config import CondexConfig, apply_overrides, load_config
+from shared.errors import CondexError, ConfigError, DataError
+
+log = logging.getLogger("condex.client")
+
+# Error codes in replies (Flower's own codes are < 100).
+ERR_DATA = 101  # the node's data cannot be found or read
+ERR_CONFIG = 102  # the requested configuration is invalid
+ERR_CONDEX = 103  # another condex error (payload, checkpoint, ...)
+ERR_INTERNAL = 199  # an unexpected exception (a bug): type and message are in the reason
+
+@lru_cache(maxsize=1)
+def _base_config() -> CondexConfig:
+    # Hydra composition takes a moment; a simulation worker serves many nodes with the same defaults.
+    return load_config()
+
+
+def node_config(context: Context, request: Mapping[str, Any] | None = None,
+                overrides: Mapping[str, Any] | None = None) -> CondexConfig:
+    """Defaults, then the run config, then programmatic overrides, then the server's request; validated."""
+    cfg = copy.deepcopy(_base_config())
+    apply_overrides(cfg, dict(context.run_config))
+    apply_overrides(cfg, dict(overrides or {}))
+    apply_overrides(cfg, dict(request or {}))
+    return cfg.validate()
+
+
+def error_reply(msg: Message, exc: BaseException) -> Message:
+    """A Flower error reply whose reason says what failed and how to fix it."""
+    if isinstance(exc, DataError):
+        code = ERR_DATA
+    elif isinstance(exc, ConfigError):
+        code = ERR_CONFIG
+    elif isinstance(exc, CondexError):
+        code = ERR_CONDEX
+    else:
+        code = ERR_INTERNAL
+        log.error("unexpected error while handling %s:\n%s", msg.metadata.message_type, traceback.format_exc())
+    log.warning("replying with error %d: %s: %s", code, type(exc).__name__, exc)
+    return Message(Error(code=code, reason=f"{type(exc).__name__}: {exc}"), reply_to=msg)
+
+
+def handle_condense(msg: Message, context: Context, overrides: Mapping[str, Any] | None = None) -> Message:
+    """Condense the local training data and reply with the payload."""
+    try:
+        cfg = node_config(context, wire.request_from_content(msg.content), overrides)
+        data = load_local_data(context.node_config, cfg.data, wire.expected_classes(msg.content))
+        return Message(condense_content(data, cfg), reply_to=msg)
+    except Exception as exc:  # every failure becomes an error reply, never a dead node
+        return error_reply(msg, exc)
+
+
+def condense_content(data: LocalData, cfg: CondexConfig) -> RecordDict:
+    """Run the configured condenser on the node's training part and encode the reply."""
+    from client.condense import condense as run_condenser
+
+    if len(data.train) == 0:
+        raise DataError(f"{data.source}: no training images at this node")
+    start = time.perf_counter()
+    payload = run_condenser(data.train, cfg.condense, progress=False)
+    seconds = time.perf_counter() - start
+    metrics: dict[str, float | None] = {
+        "condense-seconds": seconds, "num-samples": len(payload), "local-train": len(data.train),
+        "local-test": len(data.test), "epsilon": payload.meta.epsilon, "delta": payload.meta.delta,
+    }
+    log.info("condensed %d local images into %d (%s, IPC %d) in %.1fs", len(data.train), len(payload),
+             payload.meta.method, payload.meta.ipc, seconds)
+    return wire.payload_to_content(payload, metrics, {"source": data.source})
+
+
+def handle_evaluate(msg: Message, context: Context, overrides: Mapping[str, Any] | None = None) -> Message:
+    """Accuracy of the received student on this node's held-out data."""
+    try:
+        from shared.train import evaluate as accuracy_of
+
+        cfg = node_config(context, wire.request_from_content(msg.content), overrides)
+        model, card = wire.student_from_content(msg.content)
+        data = load_local_data(context.node_config, cfg.data, card.num_classes)
+        if len(data.test) == 0:
+            raise DataError(f"{data.source}: no held-out images; set data.test_fraction > 0 or add a test split")
+        acc = accuracy_of(model, data.test, stats=(tuple(card.mean), tuple(card.std)))
+        record = MetricRecord({"accuracy": acc, "num-examples": len(data.test)})
+        return Message(RecordDict({wire.EVAL_METRICS: record}), reply_to=msg)
+    except Exception as exc:  # every failure becomes an error reply, never a dead node
+        return error_reply(msg, exc)
+
+
+def build_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
+    """The ClientApp; ``overrides`` (``section.key`` entries) win over the run config (simulations, tests)."""
+    client_app = ClientApp()
+    fixed = dict(overrides or {})
+
+    @client_app.query("condense")
+    def condense(msg: Message, context: Context) -> Message:
+        return handle_condense(msg, context, fixed)
+
+    @client_app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        return handle_evaluate(msg, context, fixed)
+
+    return client_app
+
+
+app = build_app()

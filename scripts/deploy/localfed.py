@@ -1,0 +1,236 @@
+"""Run condex as a real deployment: a SuperLink with TLS and SuperNode authentication, SuperNodes that each
+point at a local data folder, and the app submitted with ``flwr run``. Every process is a separate
+``flower-*`` executable, exactly as at real data sites; here they all live on 127.0.0.1.
+
+Used by ``tests/test_deploy.py`` and runnable as a demo::
+
+    python scripts/deploy/localfed.py --workdir /tmp/condex-deploy --sites site-a=/data/a site-b=/data/b \\
+        --run-config "condense.ipc=5"
+
+Each step is a small function so the README's manual commands and this script stay the same commands:
+``start_superlink`` -> ``write_connection`` -> ``register_supernode`` -> ``start_supernode`` -> ``run_app``.
+Flower's state (``FLWR_HOME``) lives under the work directory: one for the SuperLink, one per SuperNode, one
+for the ``flwr`` CLI; nothing is written to ``~/.flwr``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from contextlib import ExitStack, closing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pki import SuperLinkCerts, SuperNodeKeys, generate  # noqa: E402
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+HOST = "127.0.0.1"
+CONNECTION = "condex-deploy"
+
+
+@dataclass
+class Proc:
+    """A started Flower process (own process group, so its helpers stop with it) and its log file."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM the process group (the process and the SuperExec / app processes it spawned), then SIGKILL."""
+        if self.popen.poll() is not None:
+            return
+        pgid = os.getpgid(self.popen.pid)
+        os.killpg(pgid, signal.SIGTERM)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(pgid, signal.SIGKILL)
+            self.popen.wait(5)
+        try:  # helpers that outlived their parent
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@dataclass
+class Federation:
+    """Paths and processes of one local deployment."""
+
+    workdir: Path
+    certs: SuperLinkCerts
+    superlink_port: int
+    processes: list[Proc] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"{HOST}:{self.superlink_port}"
+
+    @property
+    def cli_home(self) -> Path:
+        return self.workdir / "flwr-cli"
+
+    def stop(self) -> None:
+        for proc in reversed(self.processes):
+            proc.stop()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def flower_env(flwr_home: Path) -> dict[str, str]:
+    """Environment of every Flower process: its own FLWR_HOME, this venv's executables first on PATH (the
+    SuperLink/SuperNode spawn ``flower-superexec`` by name), no update check or telemetry (no network)."""
+    env = dict(os.environ)
+    bin_dir = str(Path(sys.executable).parent)
+    env.update({"FLWR_HOME": str(flwr_home), "PATH": f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
+                "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_TELEMETRY_ENABLED": "0", "PYTHONUNBUFFERED": "1"})
+    return env
+
+
+def _spawn(name: str, args: Sequence[str], workdir: Path, flwr_home: Path) -> Proc:
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    log = workdir / f"{name}.log"
+    handle = log.open("wb")
+    popen = subprocess.Popen(list(args), cwd=workdir, env=flower_env(flwr_home), stdout=handle,
+                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    handle.close()
+    return Proc(name, popen, log)
+
+
+def wait_for_log(proc: Proc, pattern: str, timeout: float) -> re.Match[str]:
+    """Block until ``pattern`` appears in the process log; fail early if the process exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        match = re.search(pattern, proc.output())
+        if match:
+            return match
+        if not proc.alive():
+            raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode} before {pattern!r}:\n{proc.output()}")
+        time.sleep(0.3)
+    raise TimeoutError(f"{proc.name}: no {pattern!r} within {timeout:.0f}s:\n{proc.output()[-3000:]}")
+
+
+def start_superlink(workdir: Path, certs: SuperLinkCerts, port: int) -> Proc:
+    """``flower-superlink`` with TLS (our CA-signed certificate) and SuperNode authentication: only
+    SuperNodes whose public key was registered with ``flwr supernode register`` may connect."""
+    args = [
+        "flower-superlink", "--ssl-ca-certfile", str(certs.ca_cert), "--ssl-certfile", str(certs.server_cert),
+        "--ssl-keyfile", str(certs.server_key), "--enable-supernode-auth", "--host", HOST, "--port", str(port),
+        "--database", str(workdir / "superlink-state.db"), "--disable-runtime-dependency-installation",
+    ]
+    proc = _spawn("superlink", args, workdir, workdir / "flwr-superlink")
+    wait_for_log(proc, r"Uvicorn running on https://", timeout=60)
+    return proc
+
+
+def write_connection(fed: Federation) -> Path:
+    """The ``flwr`` CLI's Flower configuration: one SuperLink connection over TLS, trusting our CA."""
+    fed.cli_home.mkdir(parents=True, exist_ok=True)
+    path = fed.cli_home / "config.toml"
+    path.write_text(
+        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "{fed.address}"\n'
+        f'root-certificates = "{fed.certs.ca_cert}"\n', encoding="utf-8")
+    return path
+
+
+def flwr_cli(fed: Federation, args: Sequence[str], timeout: float, cwd: Path | None = None) -> str:
+    """Run a ``flwr`` CLI command against the federation; raise with its output when it fails."""
+    result = subprocess.run(["flwr", *args], cwd=cwd or fed.workdir, env=flower_env(fed.cli_home), timeout=timeout,
+                            capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if result.returncode != 0:
+        raise RuntimeError(f"flwr {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result.stdout
+
+
+def register_supernode(fed: Federation, keys: SuperNodeKeys) -> int:
+    """Register a data site's public key with the SuperLink (``flwr supernode register``); returns its node id."""
+    out = flwr_cli(fed, ["supernode", "register", str(keys.public_key), CONNECTION, "--name", keys.name,
+                         "--format", "json"], timeout=60)
+    return int(json.loads(out[out.index("{"):])["node-id"])
+
+
+def start_supernode(fed: Federation, keys: SuperNodeKeys, node_config: Mapping[str, str], port: int,
+                    max_wait_s: float = 60.0) -> Proc:
+    """``flower-supernode`` over TLS, authenticated with the site's private key, told where its data is."""
+    config = " ".join(f'{k}="{v}"' for k, v in node_config.items())
+    args = [
+        "flower-supernode", "--superlink", fed.address, "--root-certificates", str(fed.certs.ca_cert),
+        "--auth-supernode-private-key", str(keys.private_key), "--node-config", config, "--host", HOST,
+        "--port", str(port), "--max-wait-time", str(max_wait_s),
+    ]
+    return _spawn(f"supernode-{keys.name}", args, fed.workdir, fed.workdir / f"flwr-supernode-{keys.name}")
+
+
+def run_app(fed: Federation, run_config: Mapping[str, object], timeout: float, app_dir: Path = PROJECT_ROOT) -> str:
+    """Submit the condex app (``flwr run``) to the federation and stream its logs until the run ends."""
+    overrides = " ".join(f"{k}={_toml(v)}" for k, v in run_config.items())
+    args = ["run", str(app_dir), CONNECTION, "--stream"] + (["--run-config", overrides] if overrides else [])
+    return flwr_cli(fed, args, timeout=timeout, cwd=app_dir)
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value))
+
+
+def start_federation(stack: ExitStack, workdir: Path, sites: Mapping[str, Mapping[str, str]]) -> Federation:
+    """Keys, SuperLink, connection, registered + started SuperNodes; everything stops when ``stack`` closes."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    certs, node_keys = generate(workdir / "keys", [HOST, "localhost"], list(sites))
+    fed = Federation(workdir, certs, free_port())
+    stack.callback(fed.stop)
+    fed.processes.append(start_superlink(workdir, certs, fed.superlink_port))
+    write_connection(fed)
+    for keys in node_keys:
+        register_supernode(fed, keys)
+        proc = start_supernode(fed, keys, sites[keys.name], free_port())
+        fed.processes.append(proc)
+        wait_for_log(proc, r"SuperNode ID: \d+", timeout=90)
+    return fed
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", type=Path, required=True, help="keys, Flower state and logs go here")
+    parser.add_argument("--sites", nargs="+", required=True, metavar="NAME=DIR",
+                        help="data sites: name and data folder (train.npz or train/<class>/...)")
+    parser.add_argument("--dataset", default="folder", help="dataset loader the sites use (node config 'dataset')")
+    parser.add_argument("--run-config", default="", help="flwr run --run-config overrides, e.g. 'condense.ipc=5'")
+    parser.add_argument("--timeout", type=float, default=3600.0)
+    args = parser.parse_args(argv)
+    sites = {}
+    for spec in args.sites:
+        name, _, folder = spec.partition("=")
+        sites[name] = {"data-dir": str(Path(folder).resolve()), "dataset": args.dataset}
+    overrides = dict(item.split("=", 1) for item in args.run_config.split()) if args.run_config else {}
+    with ExitStack() as stack:
+        fed = start_federation(stack, args.workdir.resolve(), sites)
+        print(f"SuperLink on {fed.address} (TLS, SuperNode authentication); {len(sites)} SuperNode(s) connected")
+        print(run_app(fed, overrides, timeout=args.timeout))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

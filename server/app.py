@@ -1,0 +1,383 @@
+"""The server's Flower ServerApp (Message API): one-shot condense -> distil -> evaluate.
+
+1. wait until ``federation.min_nodes`` SuperNodes are connected (at most ``federation.node_wait_timeout_s``);
+2. send ``query.condense`` to every connected node (up to ``federation.max_nodes``) and gather the replies
+   for at most ``federation.reply_timeout_s``;
+3. decode and strictly validate each payload (``shared.payload.validate_payload`` against the teacher's
+   geometry and the requested method / IPC / privacy budget); a node that failed, timed out or sent a
+   malformed payload is logged with its id and reason and listed in the report; the run goes on;
+4. go on only if at least ``federation.min_payload_fraction`` of the queried nodes sent a valid payload;
+5. run the engine (guided model inversion + KD, ``server.distill``) and export the student (``server.export``);
+6. send the student to the nodes that answered for federated evaluation (``evaluate``);
+7. write ``report.json`` + ``report.md`` (``server.report``) into the run directory and print the table.
+
+Configuration is the composed defaults (``configs/``) overridden by the run config (``[tool.flwr.app.config]``
+and ``flwr run . --run-config "condense.ipc=5"``)."""
+
+from __future__ import annotations
+
+import copy
+import os
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import Context, Message
+from flwr.serverapp import Grid, ServerApp
+from torch import nn
+
+from server.report import ACCEPTED, FAILED, REJECTED, TIMEOUT, NodeOutcome, RunReport
+from shared import wire
+from shared.checkpoint import ModelCard, load_checkpoint
+from shared.config import CondexConfig, apply_overrides, load_config, to_flat
+from shared.errors import CheckpointError, CondexError, ConfigError, DataError, PayloadError
+from shared.payload import CondensedPayload, PayloadSpec, validate_payload
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+POLL_INTERVAL_S = 1.0
+EPSILON_TOLERANCE = 1.01  # a calibrated DP payload may land a hair above the requested epsilon
+
+def say(text: str) -> None:
+    """Progress lines of the ServerApp; Flower forwards the process output to `flwr run --stream` / logs."""
+    print(f"[condex] {text}", flush=True)
+
+
+def server_config(run_config: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> CondexConfig:
+    """Composed defaults, then the run config, then programmatic overrides (simulations, tests); validated."""
+    cfg = copy.deepcopy(load_config())
+    apply_overrides(cfg, dict(run_config))
+    apply_overrides(cfg, dict(overrides or {}))
+    return cfg.validate()
+
+
+def build_app(overrides: Mapping[str, Any] | None = None) -> ServerApp:
+    """A ServerApp running ``run_job``; ``overrides`` (``section.key`` entries) win over the run config, which
+    is how ``flwr.simulation.run_simulation`` callers (no run config) choose their setting."""
+    server_app = ServerApp()
+    fixed = dict(overrides or {})
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        cfg = server_config(context.run_config, fixed)
+        command = os.environ.get("CONDEX_COMMAND", "flwr run")
+        report = run_job(grid, cfg, command=command)
+        if report.status != "completed":
+            raise SystemExit(f"condex run failed: {report.error}")
+
+    return server_app
+
+
+app = build_app()
+
+
+# ---- the job -------------------------------------------------------------------------------------------
+@dataclass
+class Collected:
+    """What the condense round produced: per-node outcomes and the accepted payloads (by node id)."""
+
+    outcomes: list[NodeOutcome] = field(default_factory=list)
+    payloads: dict[int, CondensedPayload] = field(default_factory=dict)
+
+
+def run_job(grid: Grid, cfg: CondexConfig, command: str = "flwr run", out_dir: Path | None = None) -> RunReport:
+    """The whole federated job; always writes the report, even when it fails."""
+    start = time.perf_counter()
+    out_dir = out_dir or new_run_dir(cfg)
+    report = RunReport(command=command, config=_flower_values(to_flat(cfg)))
+    try:
+        _run_stages(grid, cfg, out_dir, report)
+        report.status = "completed"
+    except CondexError as exc:
+        report.status, report.error = "failed", f"{type(exc).__name__}: {exc}"
+        say(f"run failed: {report.error}")
+    finally:
+        report.timings["total"] = round(time.perf_counter() - start, 2)
+        json_path, md_path = report.write(out_dir)
+        say(f"report: {json_path} and {md_path}\n\n{report.to_markdown()}")
+    return report
+
+
+def _run_stages(grid: Grid, cfg: CondexConfig, out_dir: Path, report: RunReport) -> None:
+    timings = report.timings
+    teacher, teacher_card, teacher_path = load_teacher(cfg)
+    report.teacher = {"arch": teacher_card.arch, "checkpoint": str(teacher_path), "dataset": teacher_card.dataset}
+    t = time.perf_counter()
+    nodes = wait_for_nodes(grid, cfg.federation.min_nodes, cfg.federation.node_wait_timeout_s, cfg.federation.max_nodes)
+    report.nodes_connected = len(list(grid.get_node_ids()))
+    timings["wait_nodes"] = round(time.perf_counter() - t, 2)
+    t = time.perf_counter()
+    collected = collect_payloads(grid, nodes, cfg, payload_spec(teacher_card, cfg))
+    report.node_outcomes = collected.outcomes
+    timings["condense_round"] = round(time.perf_counter() - t, 2)
+    check_quorum(collected, len(nodes), cfg.federation.min_payload_fraction)
+    test_set = server_test_set(cfg, teacher_card)
+    report.teacher["accuracy"] = _accuracy(teacher, teacher_card, test_set)
+    t = time.perf_counter()
+    result = run_engine(teacher, teacher_card, teacher_path, collected.payloads, cfg, out_dir, test_set)
+    timings["distill_export"] = round(time.perf_counter() - t, 2)
+    report.engine = result.details
+    report.student = {"arch": result.card.arch, "path": str(result.checkpoint), "exports": result.exports,
+                      "accuracy": result.details.get("accuracy")}
+    say(f"student {result.card.arch} exported to {result.checkpoint}")
+    if cfg.federation.federated_eval:
+        t = time.perf_counter()
+        answered = [o.node_id for o in collected.outcomes if o.status in (ACCEPTED, REJECTED)]
+        federated_evaluation(grid, answered, result.student, result.card, cfg, collected.outcomes)
+        timings["federated_eval"] = round(time.perf_counter() - t, 2)
+
+
+def new_run_dir(cfg: CondexConfig) -> Path:
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    base = Path(cfg.output_dir).expanduser()
+    return (base if base.is_absolute() else Path.cwd() / base).resolve() / f"federated-{stamp}-{os.getpid()}"
+
+
+# ---- stage 1: teacher and what it accepts --------------------------------------------------------------
+def resolve_path(value: str, key: str) -> Path:
+    """A configured path: absolute, or relative to the working directory, or to the condex project."""
+    path = Path(value).expanduser()
+    candidates = [path] if path.is_absolute() else [Path.cwd() / path, PROJECT_ROOT / path]
+    env_root = os.environ.get("CONDEX_ROOT")
+    if env_root and not path.is_absolute():
+        candidates.insert(0, Path(env_root) / path)
+    for candidate in candidates:
+        if candidate.exists():
+            return candidate.resolve()
+    tried = ", ".join(str(c) for c in candidates)
+    raise CheckpointError(f"{key}={value!r} not found (tried {tried}); pass an absolute path, e.g. "
+                          f"flwr run . --run-config \"{key}='/abs/path'\"")
+
+
+def load_teacher(cfg: CondexConfig) -> tuple[nn.Module, ModelCard, Path]:
+    path = resolve_path(cfg.teacher.checkpoint, "teacher.checkpoint")
+    model, card = load_checkpoint(path, expect_dataset=cfg.data.dataset if cfg.data.dataset != "folder" else None)
+    say(f"teacher {card.arch} ({card.dataset}, {card.num_classes} classes) from {path}")
+    return model, card, path
+
+
+def payload_spec(card: ModelCard, cfg: CondexConfig) -> PayloadSpec:
+    """The strict acceptance rule: the teacher's geometry, the requested method and IPC, the size cap and,
+    for DP requests, the privacy budget."""
+    eps = cfg.condense.epsilon
+    return PayloadSpec(
+        num_classes=card.num_classes, image_shape=(card.in_channels, card.image_size, card.image_size),
+        max_ipc=cfg.condense.ipc, max_bytes=cfg.federation.max_payload_bytes,
+        max_epsilon=eps * EPSILON_TOLERANCE if eps is not None else None, methods=(cfg.condense.method,),
+    )
+
+
+# ---- stage 2: nodes ------------------------------------------------------------------------------------
+def wait_for_nodes(grid: Grid, min_nodes: int, timeout_s: float, max_nodes: int = 0) -> list[int]:
+    """Node ids once at least ``min_nodes`` are connected (sorted; at most ``max_nodes`` if > 0)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= min_nodes:
+            say(f"{len(nodes)} node(s) connected")
+            return nodes[:max_nodes] if max_nodes else nodes
+        if time.monotonic() >= deadline:
+            raise ConfigError(
+                f"only {len(nodes)} node(s) connected after {timeout_s:.0f}s but federation.min_nodes={min_nodes}; "
+                "start more SuperNodes, lower federation.min-nodes or raise federation.node-wait-timeout-s"
+            )
+        time.sleep(POLL_INTERVAL_S)
+
+
+def condense_request(cfg: CondexConfig) -> dict[str, bool | int | float | str]:
+    """The condense section as run-config entries: the nodes condense exactly what the server asks for."""
+    return {k: v for k, v in _flower_values(to_flat(cfg)).items() if k.startswith("condense.")}
+
+
+def collect_payloads(grid: Grid, nodes: list[int], cfg: CondexConfig, spec: PayloadSpec) -> Collected:
+    """Fan the condense query out, gather replies within the timeout and judge each one."""
+    request = condense_request(cfg)
+    messages = [Message(wire.request_to_content(request, spec.num_classes), dst_node_id=node,
+                        message_type="query.condense", ttl=cfg.federation.ttl, group_id="condense")
+                for node in nodes]
+    say(f"condense query ({cfg.condense.method}, IPC {cfg.condense.ipc}) sent to {len(nodes)} node(s); "
+        f"waiting up to {cfg.federation.reply_timeout_s:.0f}s")
+    replies = _by_source(grid.send_and_receive(messages, timeout=cfg.federation.reply_timeout_s))
+    collected = Collected()
+    for node in nodes:
+        outcome, payload = judge_reply(node, replies.get(node), spec, cfg.federation.max_payload_bytes)
+        collected.outcomes.append(outcome)
+        if payload is not None:
+            collected.payloads[node] = payload
+        if outcome.status == ACCEPTED:
+            say(f"node {node}: accepted {outcome.num_samples} samples ({outcome.method}, {outcome.source})")
+        else:
+            say(f"node {node}: {outcome.status.upper()}: {outcome.reason}")
+    return collected
+
+
+def _by_source(replies: Iterable[Message]) -> dict[int, Message]:
+    return {reply.metadata.src_node_id: reply for reply in replies}
+
+
+def judge_reply(node: int, reply: Message | None, spec: PayloadSpec,
+                max_bytes: int) -> tuple[NodeOutcome, CondensedPayload | None]:
+    """Classify one node's reply: timeout, node error, rejected payload (with the validator's reason) or
+    accepted payload."""
+    if reply is None:
+        return NodeOutcome(node, TIMEOUT, reason="no reply within federation.reply_timeout_s"), None
+    if reply.has_error():
+        return NodeOutcome(node, FAILED, reason=f"node error {reply.error.code}: {reply.error.reason}"), None
+    content = reply.content
+    metrics, info = wire.node_metrics(content), wire.node_info(content)
+    outcome = NodeOutcome(
+        node, ACCEPTED, source=info.get("source", ""), condense_seconds=metrics.get("condense-seconds"),
+        payload_bytes=wire.content_bytes(content), local_train=_maybe_int(metrics.get("local-train")),
+        local_test=_maybe_int(metrics.get("local-test")),
+    )
+    try:
+        payload = wire.payload_from_content(content, max_bytes=max_bytes)
+        outcome.method, outcome.ipc, outcome.num_samples = payload.meta.method, payload.meta.ipc, len(payload)
+        outcome.epsilon, outcome.delta = payload.meta.epsilon, payload.meta.delta
+        validate_payload(payload, spec)
+    except PayloadError as exc:
+        outcome.status, outcome.reason = REJECTED, f"PayloadError: {exc}"
+        return outcome, None
+    return outcome, payload
+
+
+def check_quorum(collected: Collected, queried: int, min_fraction: float) -> None:
+    accepted = len(collected.payloads)
+    if queried == 0 or accepted == 0 or accepted / queried < min_fraction:
+        raise PayloadError(
+            f"only {accepted} of {queried} node(s) sent a valid payload, below federation.min_payload_fraction="
+            f"{min_fraction}; see the per-node reasons in the report (or lower federation.min-payload-fraction)"
+        )
+    say(f"{accepted}/{queried} payload(s) accepted")
+
+
+# ---- stage 3: engine -----------------------------------------------------------------------------------
+@dataclass
+class EngineResult:
+    """The exported student (in memory and on disk) and what the engine measured."""
+
+    student: nn.Module
+    card: ModelCard
+    checkpoint: Path
+    exports: dict[str, str]
+    details: dict[str, Any]
+
+
+def condensed_set(payloads: Mapping[int, CondensedPayload], card: ModelCard) -> Any:
+    """The engine's input: every accepted payload in the *teacher's* normalised space (a site may have
+    condensed with its own statistics; pixels are what is shared), tagged with its node id."""
+    from server.distill import CondensedSet
+    from shared.data import normalize
+
+    stats = (tuple(card.mean), tuple(card.std))
+    images = torch.cat([normalize(p.images.float(), stats) for p in payloads.values()])
+    labels = torch.cat([p.labels for p in payloads.values()])
+    eps = [p.meta.epsilon for p in payloads.values() if p.meta.epsilon is not None]
+    return CondensedSet(images, labels, [f"node:{node}" for node in payloads], max(eps) if eps else None)
+
+
+def run_engine(teacher: nn.Module, teacher_card: ModelCard, teacher_path: Path,
+               payloads: Mapping[int, CondensedPayload], cfg: CondexConfig, out_dir: Path,
+               test_set: Any) -> EngineResult:
+    """Guided model inversion + KD on the accepted payloads (``server.distill``), then the export."""
+    from server.distill import Distiller
+    from shared.device import select_device
+
+    distiller = Distiller(
+        cfg.distill, teacher, teacher_card, condensed_set(payloads, teacher_card), test_set, out_dir / "distill",
+        device=select_device(cfg.device), seed=cfg.seed, progress=sys.stdout.isatty(),
+        provenance={"teacher_checkpoint": str(teacher_path), "federation": {"nodes": sorted(payloads)}},
+    )
+    say(f"distilling {cfg.distill.student} ({cfg.distill.base}, mode {cfg.distill.mode}) from "
+        f"{len(distiller.condensed or [])} condensed samples")
+    result = distiller.fit()
+    checkpoint = out_dir / "distill" / "student"
+    exports = export_student(checkpoint, out_dir / "export", test_set)
+    details = result.summary()
+    details.pop("curve", None)
+    return EngineResult(result.student, ModelCard.read(checkpoint / "card.json"), checkpoint, exports,
+                        details | {"accuracy": result.accuracy})
+
+
+def export_student(checkpoint: Path, out: Path, test_set: Any) -> dict[str, str]:
+    """TorchScript / ONNX exports of the student (``server.export``), each verified by reloading."""
+    try:
+        from server.export import export_checkpoint
+    except ImportError:  # TEMPORARY until server/export.py lands
+        return {}
+    written = export_checkpoint(checkpoint, out, sample=test_set)
+    return {fmt: str(path) for fmt, path in written.items()}
+
+
+# ---- stage 4: evaluation -------------------------------------------------------------------------------
+def server_test_set(cfg: CondexConfig, card: ModelCard) -> Any:
+    """The teacher dataset's test split at the server (None, with a note, when the server has none)."""
+    from shared.data import load_dataset
+
+    try:
+        return load_dataset(card.dataset, "test", root=cfg.data.data_root or None, download=cfg.data.download)
+    except (DataError, CondexError) as exc:
+        say(f"no server test set for {card.dataset} ({exc}); server-side accuracies are left empty")
+        return None
+
+
+def _accuracy(model: nn.Module, card: ModelCard, test_set: Any) -> float | None:
+    from shared.train import evaluate
+
+    if test_set is None:
+        return None
+    with torch.no_grad():
+        return round(evaluate(model, test_set, stats=(tuple(card.mean), tuple(card.std))), 4)
+
+
+def federated_evaluation(grid: Grid, nodes: list[int], student: nn.Module, card: ModelCard, cfg: CondexConfig,
+                         outcomes: list[NodeOutcome]) -> None:
+    """Send the student to ``nodes``; record each node's held-out accuracy (or its error) in ``outcomes``."""
+    if not nodes:
+        return
+    content = wire.student_to_content(student, card)
+    messages = []
+    for node in nodes:
+        messages.append(Message(copy.deepcopy(content), dst_node_id=node, message_type="evaluate",
+                                ttl=cfg.federation.eval_timeout_s + 60.0, group_id="evaluate"))
+    replies = _by_source(grid.send_and_receive(messages, timeout=cfg.federation.eval_timeout_s))
+    by_node = {o.node_id: o for o in outcomes}
+    for node in nodes:
+        reply, outcome = replies.get(node), by_node[node]
+        if reply is None:
+            outcome.eval_error = "no evaluation reply in time"
+        elif reply.has_error():
+            outcome.eval_error = f"error {reply.error.code}: {reply.error.reason}"
+        else:
+            metrics = reply.content.metric_records.get(wire.EVAL_METRICS, {})
+            outcome.eval_accuracy = float(metrics.get("accuracy", float("nan")))
+            outcome.eval_examples = _maybe_int(metrics.get("num-examples"))
+    done = [o.eval_accuracy for o in outcomes if o.eval_accuracy is not None]
+    if done:
+        say(f"federated evaluation on {len(done)} node(s): mean accuracy {sum(done) / len(done):.4f}")
+
+
+# ---- helpers -------------------------------------------------------------------------------------------
+def _maybe_int(value: float | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def _flower_values(flat: Mapping[str, Any]) -> dict[str, bool | int | float | str]:
+    """Run-config compatible values: None -> "" and lists -> "a,b" (what ``apply_overrides`` reads back)."""
+    out: dict[str, bool | int | float | str] = {}
+    for key, value in flat.items():
+        if value is None:
+            out[key] = ""
+        elif isinstance(value, list | tuple):
+            out[key] = ",".join(str(v) for v in value)
+        else:
+            out[key] = value
+    return out
+
+
+if __name__ == "__main__":  # pragma: no cover - the app is started by Flower
+    sys.exit("start the ServerApp with `flwr run .` (see README)")

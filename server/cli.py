@@ -1,0 +1,112 @@
+"""``condex distill`` and ``condex export``.
+
+Defaults come from the composed configuration (``configs/``, the FMNIST-CPU setting); flags and
+``--set distill.key=value`` override them::
+
+    condex distill --teacher assets/teachers/fashion_mnist --condensed payloads/ --method fast --guided \\
+        --budget-seconds 300 --out runs/fast_guided
+    condex distill --out runs/fast_guided --resume
+    condex export --checkpoint runs/fast_guided/student --out exports/student
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from shared.errors import ConfigError
+
+
+def add_cli(subparsers: Any) -> None:
+    distill = subparsers.add_parser("distill", help="guided model inversion + KD of a student from a teacher",
+                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    distill.add_argument("--teacher", help="teacher checkpoint directory (default: teacher.checkpoint)")
+    distill.add_argument("--condensed", help="payload file, folder of payloads, or real:IPC for real few-shot samples")
+    distill.add_argument("--method", "--base", dest="base", help="base inversion method (fast, deepinversion)")
+    distill.add_argument("--mode", choices=["cs-only", "mi", "mi+cs", "mi*"], help="what the student learns from")
+    distill.add_argument("--guided", action="store_true", help="shorthand for --mode 'mi*'")
+    distill.add_argument("--student", help="student architecture from the model zoo")
+    distill.add_argument("--epochs", type=int, help="epochs of Algorithm 1 (0: use --budget-seconds only)")
+    distill.add_argument("--budget-seconds", type=float, help="training wall-time budget (0: use --epochs only)")
+    distill.add_argument("--out", help="run directory (default: <output_dir>/distill)")
+    distill.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    distill.add_argument("--device", help="auto, cpu or cuda[:N]")
+    distill.add_argument("--seed", type=int)
+    distill.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                         help="config override, e.g. distill.fa_weight=2 (repeatable)")
+    distill.add_argument("--export", default="", metavar="FORMATS",
+                         help="also export the student (comma list of safetensors,torchscript,onnx) to <out>/export")
+    distill.add_argument("--no-progress", action="store_true")
+    distill.set_defaults(handler=run_distill)
+
+    export = subparsers.add_parser("export", help="export a student checkpoint to safetensors, TorchScript, ONNX")
+    export.add_argument("--checkpoint", required=True, help="student checkpoint directory (e.g. <run>/student)")
+    export.add_argument("--out", required=True, help="output directory (replaced atomically after verification)")
+    export.add_argument("--formats", default="safetensors,torchscript,onnx")
+    export.add_argument("--tolerance", type=float, default=1e-4, help="max abs output difference allowed")
+    export.set_defaults(handler=run_export)
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from shared.config import apply_overrides, load_config
+
+    cfg = load_config()
+    values: dict[str, Any] = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r} must look like section.key=value")
+        values[key] = value
+    flags = {"distill.base": args.base, "distill.mode": "mi*" if args.guided else args.mode,
+             "distill.student": args.student, "distill.epochs": args.epochs,
+             "distill.budget_seconds": args.budget_seconds, "device": args.device, "seed": args.seed,
+             "teacher.checkpoint": args.teacher}
+    values |= {k: v for k, v in flags.items() if v is not None}
+    return apply_overrides(cfg, values).validate()
+
+
+def run_distill(args: argparse.Namespace) -> int:
+    from server.distill import CondensedSet, Distiller, load_condensed
+    from shared.checkpoint import load_checkpoint
+    from shared.data import load_dataset
+    from shared.device import select_device
+
+    cfg = _config(args)
+    device = select_device(cfg.device)
+    teacher, card = load_checkpoint(cfg.teacher.checkpoint, device=device)
+    condensed = None
+    if args.condensed:
+        if args.condensed.startswith("real:"):
+            ipc = int(args.condensed.split(":", 1)[1])
+            condensed = CondensedSet.from_real(load_dataset(card.dataset, "train"), ipc, cfg.seed)
+        else:
+            condensed = load_condensed(args.condensed, card)
+    test = load_dataset(card.dataset, "test")
+    out = Path(args.out or Path(cfg.output_dir) / "distill")
+    provenance = {"teacher_checkpoint": str(cfg.teacher.checkpoint)}
+    distiller = Distiller(cfg.distill, teacher, card, condensed, test, out, device, cfg.seed,
+                          progress=not args.no_progress, provenance=provenance)
+    result = distiller.fit(resume=args.resume)
+    acc = "n/a" if result.accuracy is None else f"{100 * result.accuracy:.2f}%"
+    print(f"student {cfg.distill.student} ({cfg.distill.base} {cfg.distill.mode}): test accuracy {acc} after "
+          f"{result.epochs} epochs, {result.train_seconds:.0f} s; checkpoint {out / 'student'}")
+    if args.export:
+        _export(out / "student", out / "export", args.export.split(","), 1e-4)
+    return 0
+
+
+def _export(checkpoint: Path, out: Path, formats: list[str], tolerance: float) -> None:
+    from server.export import export_student
+    from shared.checkpoint import load_checkpoint
+
+    model, card = load_checkpoint(checkpoint)
+    records = export_student(model, card, out, [f.strip() for f in formats if f.strip()], tolerance)
+    for record in records:
+        print(f"wrote {record.format:12s} {record.path} (max abs diff {record.max_abs_diff:.2e})")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    _export(Path(args.checkpoint), Path(args.out), args.formats.split(","), args.tolerance)
+    return 0
+

@@ -1,0 +1,172 @@
+"""The run report of one federated job: what every node sent (or why it was refused), teacher and student
+accuracy, federated evaluation and timings. Written as JSON (machine-readable, the schema of
+``benchmarks/results/default-job.json``) and as a Markdown table (printed at the end of the run)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from shared.io import atomic_write_text
+
+ACCEPTED, REJECTED, FAILED, TIMEOUT = "accepted", "rejected", "failed", "timeout"
+
+
+@dataclass
+class NodeOutcome:
+    """One node's answer to the condense query. ``status``: accepted | rejected (payload failed validation) |
+    failed (the node replied with an error) | timeout (no reply within federation.reply_timeout_s)."""
+
+    node_id: int
+    status: str
+    reason: str = ""
+    source: str = ""
+    method: str = ""
+    num_samples: int = 0
+    ipc: int = 0
+    epsilon: float | None = None
+    delta: float | None = None
+    condense_seconds: float | None = None
+    payload_bytes: int = 0
+    local_train: int | None = None
+    local_test: int | None = None
+    eval_accuracy: float | None = None
+    eval_examples: int | None = None
+    eval_error: str = ""
+
+
+@dataclass
+class RunReport:
+    """Everything the job measured; ``to_json`` keeps the required keys at the top level."""
+
+    command: str
+    config: dict[str, Any]
+    date: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    status: str = "running"  # running | completed | failed
+    error: str = ""
+    nodes_connected: int = 0
+    node_outcomes: list[NodeOutcome] = field(default_factory=list)
+    teacher: dict[str, Any] = field(default_factory=dict)  # arch, checkpoint, accuracy
+    student: dict[str, Any] = field(default_factory=dict)  # arch, accuracy, path, exports
+    timings: dict[str, float] = field(default_factory=dict)
+    engine: dict[str, Any] = field(default_factory=dict)  # what the distillation engine reported
+
+    # ---- summaries -------------------------------------------------------------------------------------
+    @property
+    def nodes(self) -> int:
+        return len(self.node_outcomes)
+
+    @property
+    def nodes_answered(self) -> int:
+        return sum(o.status in (ACCEPTED, REJECTED) for o in self.node_outcomes)
+
+    @property
+    def accepted(self) -> list[NodeOutcome]:
+        return [o for o in self.node_outcomes if o.status == ACCEPTED]
+
+    @property
+    def rejections(self) -> list[dict[str, Any]]:
+        return [{"node_id": o.node_id, "status": o.status, "reason": o.reason}
+                for o in self.node_outcomes if o.status != ACCEPTED]
+
+    def federated_eval(self) -> dict[str, Any]:
+        """Mean of the per-node accuracies and the example-weighted mean (None when no node evaluated)."""
+        done = [o for o in self.node_outcomes if o.eval_accuracy is not None]
+        if not done:
+            return {"mean": None, "weighted_mean": None, "nodes": 0}
+        total = sum(o.eval_examples or 0 for o in done)
+        weighted = sum((o.eval_accuracy or 0.0) * (o.eval_examples or 0) for o in done) / total if total else None
+        return {"mean": sum(o.eval_accuracy or 0.0 for o in done) / len(done), "weighted_mean": weighted,
+                "nodes": len(done)}
+
+    def to_dict(self) -> dict[str, Any]:
+        fed = self.federated_eval()
+        return {
+            "date": self.date,
+            "command": self.command,
+            "status": self.status,
+            "error": self.error,
+            "nodes": self.nodes,
+            "nodes_connected": self.nodes_connected,
+            "nodes_answered": self.nodes_answered,
+            "payloads_accepted": len(self.accepted),
+            "payloads_rejected": sum(o.status == REJECTED for o in self.node_outcomes),
+            "rejections": self.rejections,
+            "teacher_accuracy": self.teacher.get("accuracy"),
+            "student_accuracy": self.student.get("accuracy"),
+            "federated_eval_mean": fed["mean"],
+            "federated_eval_weighted_mean": fed["weighted_mean"],
+            "seconds": self.timings.get("total"),
+            "timings": self.timings,
+            "teacher": self.teacher,
+            "student": self.student,
+            "engine": self.engine,
+            "per_node": [dataclasses.asdict(o) for o in self.node_outcomes],
+            "config": self.config,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(_finite(self.to_dict()), indent=2) + "\n"
+
+    def to_markdown(self) -> str:
+        return "\n".join([*self._summary_lines(), "", *self._node_lines(), ""])
+
+    def _summary_lines(self) -> list[str]:
+        d = self.to_dict()
+        rows = [
+            ("status", self.status + (f" ({self.error})" if self.error else "")),
+            ("nodes queried / answered / accepted", f"{d['nodes']} / {d['nodes_answered']} / {d['payloads_accepted']}"),
+            ("payloads rejected", str(d["payloads_rejected"])),
+            ("teacher", f"{self.teacher.get('arch', '?')} accuracy {_pct(d['teacher_accuracy'])}"),
+            ("student", f"{self.student.get('arch', '?')} accuracy {_pct(d['student_accuracy'])}"),
+            ("federated evaluation (mean / weighted)",
+             f"{_pct(d['federated_eval_mean'])} / {_pct(d['federated_eval_weighted_mean'])}"),
+            ("student checkpoint", str(self.student.get("path", "-"))),
+            ("time", ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items())),
+        ]
+        return ["| run | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows]]
+
+    def _node_lines(self) -> list[str]:
+        head = ("| node | status | source | method | samples | IPC | epsilon | condense s | local train/test "
+                "| fed-eval acc | reason |")
+        lines = [head, "|" + "---|" * 11]
+        for o in self.node_outcomes:
+            eps = "-" if o.epsilon is None else (f"{o.epsilon:.3g}" if math.isfinite(o.epsilon) else "inf")
+            secs = "-" if o.condense_seconds is None else f"{o.condense_seconds:.1f}"
+            local = f"{_int(o.local_train)}/{_int(o.local_test)}"
+            acc = _pct(o.eval_accuracy) if o.eval_accuracy is not None else (o.eval_error[:40] or "-")
+            reason = o.reason.replace("|", "/").replace("\n", " ")[:160] or "-"
+            lines.append(f"| {o.node_id} | {o.status} | {o.source or '-'} | {o.method or '-'} | {o.num_samples} "
+                         f"| {o.ipc} | {eps} | {secs} | {local} | {acc} | {reason} |")
+        return lines
+
+    def write(self, directory: str | Path) -> tuple[Path, Path]:
+        """Write ``report.json`` and ``report.md`` into ``directory`` (atomically) and return their paths."""
+        directory = Path(directory)
+        json_path = atomic_write_text(directory / "report.json", self.to_json())
+        md_path = atomic_write_text(directory / "report.md", self.to_markdown())
+        return json_path, md_path
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100.0 * value:.2f}%"
+
+
+def _int(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN/inf: write them as null (an infinite epsilon means "no privacy")."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value

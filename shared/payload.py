@@ -1,0 +1,289 @@
+"""The condensed payload: the only thing a data site sends. Images, labels and plain metadata.
+
+In memory, images are float32 ``N x C x H x W`` in pixel space [0, 1] and labels int64. On the wire
+(``to_arrays``) images are uint8 (``round(255 x)``) or float16; ``from_arrays`` decodes them back.
+``meta`` is a ``PayloadMeta`` whose ``to_dict`` holds only JSON-safe scalars and lists of numbers (keys
+whose value is None are omitted), so it maps directly onto a Flower ConfigRecord or JSON.
+
+``validate_payload(payload, PayloadSpec(...))`` is the server's strict check: it raises ``PayloadError``
+naming the first offending field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from shared.errors import PayloadError
+from shared.io import atomic_write_bytes
+
+FORMAT_VERSION = 1
+WIRE_DTYPES = {"uint8": np.uint8, "float16": np.float16}
+META_KEY = "condex_meta"
+
+
+@dataclass
+class PayloadMeta:
+    """What the server needs to know about a payload; privacy fields are None for non-DP methods."""
+
+    method: str
+    dataset: str
+    ipc: int
+    num_classes: int
+    channels: int
+    height: int
+    width: int
+    mean: list[float]
+    std: list[float]
+    local_class_counts: list[int]  # real samples per class at the site (treated as public, see docs)
+    seed: int = 0
+    iterations: int = 0  # iterations actually run
+    wall_time_s: float = 0.0
+    wire_dtype: str = "uint8"
+    init: str = ""
+    epsilon: float | None = None
+    delta: float | None = None
+    accountant: str | None = None
+    noise_multiplier: float | None = None
+    sample_rate: float | None = None
+    dp_steps: int | None = None  # noisy releases the accountant composed
+    clip: float | None = None
+    format_version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict: ints, floats, strings and lists of numbers; None-valued keys are left out."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            out[f.name] = [_plain(v) for v in value] if isinstance(value, list | tuple) else _plain(value)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> PayloadMeta:
+        """Inverse of ``to_dict``; raises ``PayloadError`` for missing, unknown or mistyped keys."""
+        if not isinstance(values, dict):
+            raise PayloadError(f"meta must be a mapping, got {type(values).__name__}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            raise PayloadError(f"meta has unknown key(s) {', '.join(unknown)}; known: {', '.join(fields)}")
+        required = [n for n, f in fields.items() if f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING]
+        missing = [n for n in required if n not in values]
+        if missing:
+            raise PayloadError(f"meta is missing key(s) {', '.join(missing)}")
+        return cls(**{k: _typed(k, v, fields[k]) for k, v in values.items()})
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.channels, self.height, self.width)
+
+
+@dataclass
+class CondensedPayload:
+    images: torch.Tensor  # float32 N x C x H x W, pixel space [0, 1]
+    labels: torch.Tensor  # int64 N
+    meta: PayloadMeta
+    extra: dict[str, Any] = field(default_factory=dict)  # local-only diagnostics (e.g. loss curve); not sent
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def class_counts(self) -> list[int]:
+        return torch.bincount(self.labels, minlength=self.meta.num_classes).tolist()
+
+    def normalized(self) -> torch.Tensor:
+        """float32 images in the dataset's normalised space (what models see)."""
+        mean = torch.tensor(self.meta.mean, dtype=torch.float32).view(1, -1, 1, 1)
+        std = torch.tensor(self.meta.std, dtype=torch.float32).view(1, -1, 1, 1)
+        return (self.images.float() - mean) / std
+
+    def to_arrays(self, wire_dtype: str | None = None) -> dict[str, np.ndarray]:
+        """Encode for the wire: ``images`` as uint8 or float16, ``labels`` as int64."""
+        dtype = wire_dtype or self.meta.wire_dtype
+        if dtype not in WIRE_DTYPES:
+            raise PayloadError(f"wire_dtype={dtype!r} must be one of {', '.join(WIRE_DTYPES)}")
+        pixels = self.images.detach().cpu().float().clamp(0.0, 1.0).numpy()
+        if dtype == "uint8":
+            images = np.rint(pixels * 255.0).astype(np.uint8)
+        else:
+            images = pixels.astype(np.float16)
+        return {"images": np.ascontiguousarray(images), "labels": self.labels.detach().cpu().numpy().astype(np.int64)}
+
+    def wire_meta(self, wire_dtype: str | None = None) -> dict[str, Any]:
+        """``meta.to_dict()`` with ``wire_dtype`` set to the encoding ``to_arrays`` used."""
+        return {**self.meta.to_dict(), "wire_dtype": wire_dtype or self.meta.wire_dtype}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], meta: PayloadMeta | dict[str, Any]) -> CondensedPayload:
+        """Decode wire arrays; the image dtype must match ``meta.wire_dtype``."""
+        meta = meta if isinstance(meta, PayloadMeta) else PayloadMeta.from_dict(meta)
+        for key in ("images", "labels"):
+            if key not in arrays:
+                raise PayloadError(f"{key}: missing from the payload arrays (found {', '.join(sorted(arrays))})")
+        images, labels = np.asarray(arrays["images"]), np.asarray(arrays["labels"])
+        expected = WIRE_DTYPES.get(meta.wire_dtype)
+        if expected is None:
+            raise PayloadError(f"meta.wire_dtype={meta.wire_dtype!r} must be one of {', '.join(WIRE_DTYPES)}")
+        if images.dtype != expected:
+            raise PayloadError(f"images: wire dtype is {images.dtype} but meta.wire_dtype says {meta.wire_dtype}")
+        if labels.dtype != np.int64:
+            raise PayloadError(f"labels: wire dtype must be int64, got {labels.dtype}")
+        decoded = images.astype(np.float32) / 255.0 if expected is np.uint8 else images.astype(np.float32)
+        return cls(torch.from_numpy(decoded), torch.from_numpy(labels.copy()), meta)
+
+    def save(self, path: str | Path) -> Path:
+        """Write a safetensors file (wire arrays) whose header metadata holds ``meta`` as JSON; atomic."""
+        from safetensors.numpy import save
+
+        data = save(self.to_arrays(), metadata={META_KEY: json.dumps(self.wire_meta())})
+        return atomic_write_bytes(path, data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> CondensedPayload:
+        from safetensors import SafetensorError, safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise PayloadError(f"payload file {path} does not exist")
+        try:
+            with safe_open(str(path), framework="np") as handle:
+                header = handle.metadata() or {}
+                arrays = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise PayloadError(f"payload file {path} is not a readable safetensors file: {exc}") from exc
+        if META_KEY not in header:
+            raise PayloadError(f"payload file {path} has no '{META_KEY}' metadata; was it written by condex?")
+        try:
+            meta = json.loads(header[META_KEY])
+        except json.JSONDecodeError as exc:
+            raise PayloadError(f"payload file {path}: metadata is not valid JSON ({exc})") from exc
+        return cls.from_arrays(arrays, meta)
+
+
+@dataclass(frozen=True)
+class PayloadSpec:
+    """What the server accepts: geometry, classes, per-class cap, size cap and optionally a privacy bound."""
+
+    num_classes: int
+    image_shape: tuple[int, int, int]
+    max_ipc: int = 50
+    max_bytes: int = 16 * 2**20  # wire size of the images + labels
+    dataset: str | None = None
+    max_epsilon: float | None = None  # set to require DP payloads with at most this epsilon
+    methods: tuple[str, ...] | None = None  # None: any method
+
+
+def validate_payload(payload: CondensedPayload, expected: PayloadSpec) -> None:
+    """Raise ``PayloadError`` naming the field unless ``payload`` is well formed and matches ``expected``."""
+    _validate_meta(payload.meta, expected)
+    _validate_tensors(payload, expected)
+    _validate_counts(payload)
+    wire = payload.images.numel() * np.dtype(WIRE_DTYPES[payload.meta.wire_dtype]).itemsize + 8 * len(payload)
+    if wire > expected.max_bytes:
+        raise PayloadError(f"payload: {wire} bytes on the wire exceeds the cap of {expected.max_bytes} bytes")
+
+
+def _validate_meta(meta: PayloadMeta, spec: PayloadSpec) -> None:
+    if not isinstance(meta, PayloadMeta):
+        raise PayloadError(f"meta must be a PayloadMeta, got {type(meta).__name__}")
+    if meta.format_version != FORMAT_VERSION:
+        raise PayloadError(f"meta.format_version={meta.format_version} is not supported (expected {FORMAT_VERSION})")
+    if spec.methods is not None and meta.method not in spec.methods:
+        raise PayloadError(f"meta.method={meta.method!r} is not accepted; accepted: {', '.join(spec.methods)}")
+    if spec.dataset is not None and meta.dataset != spec.dataset:
+        raise PayloadError(f"meta.dataset={meta.dataset!r} but the server expects {spec.dataset!r}")
+    if meta.num_classes != spec.num_classes:
+        raise PayloadError(f"meta.num_classes={meta.num_classes} but the server expects {spec.num_classes}")
+    if tuple(meta.image_shape) != tuple(spec.image_shape):
+        raise PayloadError(f"meta image shape (channels, height, width)={meta.image_shape} != {spec.image_shape}")
+    if not 1 <= meta.ipc <= spec.max_ipc:
+        raise PayloadError(f"meta.ipc={meta.ipc} must be in 1..{spec.max_ipc}")
+    if len(meta.mean) != meta.channels or len(meta.std) != meta.channels:
+        raise PayloadError(f"meta.mean/std must have {meta.channels} entries (one per channel)")
+    if not all(math.isfinite(s) and s > 0 for s in meta.std) or not all(math.isfinite(m) for m in meta.mean):
+        raise PayloadError(f"meta.std={meta.std} must be finite and > 0 and meta.mean={meta.mean} finite")
+    if len(meta.local_class_counts) != meta.num_classes or any(c < 0 for c in meta.local_class_counts):
+        raise PayloadError(f"meta.local_class_counts must be {meta.num_classes} non-negative integers")
+    if meta.wire_dtype not in WIRE_DTYPES:
+        raise PayloadError(f"meta.wire_dtype={meta.wire_dtype!r} must be one of {', '.join(WIRE_DTYPES)}")
+    _validate_privacy(meta, spec)
+
+
+def _validate_privacy(meta: PayloadMeta, spec: PayloadSpec) -> None:
+    if meta.epsilon is not None:
+        if not (math.isfinite(meta.epsilon) and meta.epsilon > 0):
+            raise PayloadError(f"meta.epsilon={meta.epsilon} must be finite and > 0")
+        if meta.delta is None or not 0.0 < meta.delta < 1.0:
+            raise PayloadError(f"meta.delta={meta.delta} must be in (0, 1) when meta.epsilon is set")
+    if spec.max_epsilon is not None:
+        if meta.epsilon is None:
+            raise PayloadError(f"meta.epsilon: the server requires a DP payload with epsilon <= {spec.max_epsilon}")
+        if meta.epsilon > spec.max_epsilon:
+            raise PayloadError(f"meta.epsilon={meta.epsilon:.3g} exceeds the server's bound {spec.max_epsilon}")
+
+
+def _validate_tensors(payload: CondensedPayload, spec: PayloadSpec) -> None:
+    images, labels = payload.images, payload.labels
+    if not isinstance(images, torch.Tensor) or images.dtype != torch.float32:
+        raise PayloadError(f"images must be a float32 tensor, got {getattr(images, 'dtype', type(images).__name__)}")
+    if images.ndim != 4 or tuple(images.shape[1:]) != tuple(spec.image_shape):
+        raise PayloadError(f"images: shape {tuple(images.shape)} must be N x {' x '.join(map(str, spec.image_shape))}")
+    if images.shape[0] == 0:
+        raise PayloadError("images: the payload is empty; a client must send at least one image")
+    if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64:
+        raise PayloadError(f"labels must be an int64 tensor, got {getattr(labels, 'dtype', type(labels).__name__)}")
+    if labels.shape != (images.shape[0],):
+        raise PayloadError(f"labels: shape {tuple(labels.shape)} must be ({images.shape[0]},), one per image")
+    if not bool(torch.isfinite(images).all()):
+        raise PayloadError("images: contain NaN or infinite values")
+    if float(images.min()) < 0.0 or float(images.max()) > 1.0:
+        raise PayloadError(f"images: values must lie in [0, 1], found [{float(images.min()):.3g}, {float(images.max()):.3g}]")
+    if int(labels.min()) < 0 or int(labels.max()) >= spec.num_classes:
+        raise PayloadError(f"labels: values must be in 0..{spec.num_classes - 1}, found {int(labels.min())}..{int(labels.max())}")
+
+
+def _validate_counts(payload: CondensedPayload) -> None:
+    counts = payload.class_counts()
+    for cls, (count, local) in enumerate(zip(counts, payload.meta.local_class_counts, strict=True)):
+        if count > payload.meta.ipc:
+            raise PayloadError(f"labels: class {cls} has {count} images, more than meta.ipc={payload.meta.ipc}")
+        if count > 0 and local == 0:
+            raise PayloadError(f"labels: class {cls} has images but meta.local_class_counts says the site holds none")
+
+
+def _plain(value: Any) -> Any:
+    """numpy / torch scalars to Python scalars, so the dict is JSON- and ConfigRecord-safe."""
+    if isinstance(value, np.generic | torch.Tensor):
+        return value.item()
+    return value
+
+
+def _typed(key: str, value: Any, f: dataclasses.Field) -> Any:
+    kind = str(f.type)
+    if kind.startswith("list"):
+        if not isinstance(value, list | tuple):
+            raise PayloadError(f"meta.{key} must be a list, got {type(value).__name__}")
+        item = int if "int" in kind else float
+        return [_scalar(key, v, item) for v in value]
+    base = int if kind.startswith("int") else float if kind.startswith("float") else str
+    return _scalar(key, value, base)
+
+
+def _scalar(key: str, value: Any, kind: type) -> Any:
+    if isinstance(value, bool) or (kind is str and not isinstance(value, str)):
+        raise PayloadError(f"meta.{key}={value!r} must be a {kind.__name__}")
+    if kind is int and not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+        raise PayloadError(f"meta.{key}={value!r} must be an integer")
+    if kind is float and not isinstance(value, int | float):
+        raise PayloadError(f"meta.{key}={value!r} must be a number")
+    return kind(value)

@@ -1,0 +1,144 @@
+"""What travels in Flower messages: condensed payloads, student weights and the server's requests.
+
+A condense **reply** is a ``RecordDict`` with
+
+* ``"payload"`` (ArrayRecord): ``images`` (uint8 or float16, N x C x H x W) and ``labels`` (int64 N), the
+  arrays of ``CondensedPayload.to_arrays``; Flower serialises them with ``np.save`` and reads them with
+  ``allow_pickle=False``, so a hostile node cannot smuggle objects in;
+* ``"payload-meta"`` (ConfigRecord): ``PayloadMeta.to_dict`` (method, IPC, shape, normalisation, privacy
+  accounting, ...);
+* ``"node-metrics"`` (MetricRecord): epsilon, condensation time, local train/test counts;
+* ``"node-info"`` (ConfigRecord): the node's description of its data source.
+
+An **evaluate** request carries the student as ``"student"`` (ArrayRecord of its ``state_dict``) plus
+``"student-card"`` (ConfigRecord with the model card JSON), so the node can rebuild the architecture.
+A **condense** request carries ``"config"`` (ConfigRecord of ``section.kebab-key`` run-config entries
+the server wants the node to use on top of the run config).
+
+Decoding never trusts the sender: sizes are checked before arrays are materialised and every problem
+raises ``PayloadError`` naming the record or field."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from torch import nn
+
+from shared.checkpoint import ModelCard, build_from_card, load_state_dict_checked
+from shared.errors import CheckpointError, PayloadError
+from shared.payload import CondensedPayload, PayloadMeta
+
+PAYLOAD = "payload"
+PAYLOAD_META = "payload-meta"
+NODE_METRICS = "node-metrics"
+NODE_INFO = "node-info"
+STUDENT = "student"
+STUDENT_CARD = "student-card"
+REQUEST_CONFIG = "config"
+REQUEST_EXPECT = "expect"
+EVAL_METRICS = "eval-metrics"
+PAYLOAD_ARRAYS = ("images", "labels")
+
+
+# ---- condensed payloads --------------------------------------------------------------------------------
+def payload_to_content(payload: CondensedPayload, metrics: Mapping[str, float] | None = None,
+                       info: Mapping[str, str] | None = None) -> RecordDict:
+    """Encode a payload (plus the node's metrics and data description) as a condense reply."""
+    arrays = payload.to_arrays()
+    record = ArrayRecord({name: Array(np.ascontiguousarray(value)) for name, value in arrays.items()})
+    content = RecordDict({PAYLOAD: record, PAYLOAD_META: ConfigRecord(dict(payload.wire_meta()))})
+    content[NODE_METRICS] = MetricRecord({k: float(v) for k, v in (metrics or {}).items() if v is not None})
+    content[NODE_INFO] = ConfigRecord({k: str(v) for k, v in (info or {}).items()})
+    return content
+
+
+def content_bytes(content: RecordDict) -> int:
+    """Bytes of array data in a reply (what ``federation.max_payload_bytes`` caps)."""
+    return sum(record.count_bytes() for record in content.array_records.values())
+
+
+def payload_from_content(content: RecordDict, max_bytes: int | None = None) -> CondensedPayload:
+    """Decode a condense reply; raise ``PayloadError`` naming the missing/oversized/mistyped part."""
+    if PAYLOAD not in content.array_records:
+        raise PayloadError(f"reply has no ArrayRecord {PAYLOAD!r} (records: {', '.join(content) or 'none'})")
+    if PAYLOAD_META not in content.config_records:
+        raise PayloadError(f"reply has no ConfigRecord {PAYLOAD_META!r} with the payload metadata")
+    record = content.array_records[PAYLOAD]
+    size = record.count_bytes()
+    if max_bytes is not None and size > max_bytes:
+        raise PayloadError(f"{PAYLOAD}: {size} bytes exceeds federation.max_payload_bytes={max_bytes}")
+    unknown = sorted(set(record) - set(PAYLOAD_ARRAYS))
+    if unknown:
+        raise PayloadError(f"{PAYLOAD}: unexpected array(s) {', '.join(unknown)}; expected images and labels")
+    arrays = {name: _to_numpy(record, name) for name in PAYLOAD_ARRAYS if name in record}
+    meta = PayloadMeta.from_dict(_plain_config(content.config_records[PAYLOAD_META]))
+    return CondensedPayload.from_arrays(arrays, meta)
+
+
+def _to_numpy(record: ArrayRecord, name: str) -> np.ndarray:
+    try:
+        return record[name].numpy()
+    except (TypeError, ValueError, OSError) as exc:  # non-numpy stype, pickled objects, corrupt bytes
+        raise PayloadError(f"{PAYLOAD}.{name}: cannot be decoded as a numpy array ({exc})") from None
+
+
+def _plain_config(record: ConfigRecord) -> dict[str, Any]:
+    return {key: list(value) if isinstance(value, list) else value for key, value in record.items()}
+
+
+def node_metrics(content: RecordDict) -> dict[str, float]:
+    record = content.metric_records.get(NODE_METRICS)
+    return {k: v for k, v in record.items() if isinstance(v, int | float)} if record else {}
+
+
+def node_info(content: RecordDict) -> dict[str, str]:
+    record = content.config_records.get(NODE_INFO)
+    return {k: str(v) for k, v in record.items()} if record else {}
+
+
+# ---- student weights -----------------------------------------------------------------------------------
+def student_to_content(model: nn.Module, card: ModelCard) -> RecordDict:
+    """The student's weights (state_dict) and card, for federated evaluation at the nodes."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return RecordDict({STUDENT: ArrayRecord(state), STUDENT_CARD: ConfigRecord({"card-json": card.to_json()})})
+
+
+def student_from_content(content: RecordDict) -> tuple[nn.Module, ModelCard]:
+    """Rebuild the student on CPU in eval mode; ``CheckpointError`` if the card and weights do not fit."""
+    if STUDENT not in content.array_records or STUDENT_CARD not in content.config_records:
+        raise CheckpointError(f"evaluate request needs records {STUDENT!r} and {STUDENT_CARD!r}")
+    try:
+        values = json.loads(str(content.config_records[STUDENT_CARD]["card-json"]))
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{STUDENT_CARD}: no readable card-json ({exc})") from None
+    card = ModelCard.from_dict(values, source=STUDENT_CARD)
+    model = build_from_card(card)
+    state = {k: torch.from_numpy(np.array(a.numpy(), copy=True)) for k, a in content.array_records[STUDENT].items()}
+    load_state_dict_checked(model, state, source=STUDENT, arch=card.arch)
+    return model.eval(), card
+
+
+# ---- requests ------------------------------------------------------------------------------------------
+def request_to_content(values: Mapping[str, bool | int | float | str], num_classes: int | None = None) -> RecordDict:
+    """A condense request: run-config style overrides (``condense.ipc`` ...) the node applies, and the number
+    of classes the server's teacher knows (a site folder may hold only some of them)."""
+    content = RecordDict({REQUEST_CONFIG: ConfigRecord(dict(values))})
+    if num_classes is not None:
+        content[REQUEST_EXPECT] = ConfigRecord({"num-classes": int(num_classes)})
+    return content
+
+
+def expected_classes(content: RecordDict) -> int | None:
+    record = content.config_records.get(REQUEST_EXPECT)
+    value = record.get("num-classes") if record else None
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def request_from_content(content: RecordDict) -> dict[str, Any]:
+    record = content.config_records.get(REQUEST_CONFIG)
+    return _plain_config(record) if record else {}

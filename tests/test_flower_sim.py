@@ -1,0 +1,214 @@
+"""The Flower apps end to end: ServerApp orchestration (waiting, fan-out, validation, quorum, report) with
+the real ClientApp code, and a real 3-node Flower simulation (Ray) on Fashion-MNIST.
+
+Sizes are tiny (a 1-epoch ResNet-8/8 teacher on 3000 images, DM with IPC 2 and 3 iterations, 2 distillation
+epochs) so the plumbing, not the accuracy, is what is tested; the accuracy of the default job is measured
+by the main job (README)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from flwr.app import Array, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.serverapp import Grid
+from flwr.supercore.task_identity import TaskIdentity
+
+from client import app as client_app
+from server import app as server_app
+from server.report import ACCEPTED, FAILED, REJECTED, TIMEOUT
+from shared import wire
+from shared.checkpoint import card_for_dataset, save_checkpoint
+from shared.data import LabeledImages
+from shared.errors import ConfigError
+from shared.models import build_model
+from shared.train import train_classifier
+
+
+# ---- shared helpers (also used by tests/test_deploy.py) ------------------------------------------------
+def tiny_teacher(directory: Path, train: LabeledImages) -> Path:
+    """A real but tiny teacher: ResNet-8 (width 8) after one epoch on 3000 Fashion-MNIST images."""
+    torch.manual_seed(0)
+    model = build_model("resnet8", num_classes=10, in_channels=1, image_size=28, width=8)
+    subset = train.subset(range(3000))
+    train_classifier(model, subset, None, epochs=1, batch_size=128, lr=0.05, progress=False, augment="none")
+    card = card_for_dataset(train.info, "resnet8", {"width": 8}, role="teacher", seed=0)
+    return save_checkpoint(directory, model.eval(), card)
+
+
+def tiny_overrides(teacher: Path, out: Path) -> dict[str, Any]:
+    """Run-config entries that make the whole job take seconds."""
+    return {
+        "teacher.checkpoint": str(teacher), "output-dir": str(out), "device": "cpu",
+        "condense.method": "dm", "condense.ipc": 2, "condense.iterations": 3, "condense.batch-real": 16,
+        "condense.model-width": 16,
+        "distill.epochs": 2, "distill.kd-steps": 2, "distill.synthesis-batch-size": 16, "distill.kd-batch-size": 32,
+        "distill.latent-dim": 16, "distill.generator-width": 8, "distill.discriminator-hidden": 16,
+        "distill.condensed-batch-size": 8, "distill.warmup-epochs": 0, "distill.eval-samples": 200,
+        "distill.eval-every-seconds": 1000.0, "distill.checkpoint-every": 0, "distill.grid-every": 0,
+        "data.test-fraction": 0.2, "federation.reply-timeout-s": 600.0, "federation.eval-timeout-s": 300.0,
+    }
+
+
+def read_report(out: Path) -> dict[str, Any]:
+    reports = sorted(out.glob("federated-*/report.json"))
+    assert len(reports) == 1, f"expected one run report under {out}, found {reports}"
+    return json.loads(reports[0].read_text())
+
+
+# ---- an in-process Grid: the real ClientApp objects, no Flower runtime ---------------------------------
+class LocalGrid(Grid):
+    """Delivers messages by calling each node's ClientApp directly; nodes in ``silent`` never answer."""
+
+    def __init__(self, nodes: dict[int, tuple[ClientApp, dict[str, Any]]], run_config: dict[str, Any],
+                 silent: Iterable[int] = ()) -> None:
+        # Messages take their run and sender from the process's task identity (set by Flower's runtimes).
+        TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
+        self.nodes = nodes
+        self.silent = set(silent)
+        self.contexts = {n: Context(1, n, dict(cfg), RecordDict(), dict(run_config)) for n, (_, cfg) in nodes.items()}
+
+    def set_run(self, run: Any) -> None:  # pragma: no cover - not used in-process
+        pass
+
+    @property
+    def run(self) -> Any:  # pragma: no cover
+        return None
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
+                       ttl: float | None = None) -> Message:
+        return Message(content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id, ttl=ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.nodes)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # pragma: no cover
+        raise NotImplementedError
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # pragma: no cover
+        raise NotImplementedError
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        replies = []
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            if node in self.silent:
+                continue
+            msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex
+            app, _ = self.nodes[node]
+            replies.append(app(msg, self.contexts[node]))
+        return replies
+
+
+def malformed_client() -> ClientApp:
+    """The real ClientApp, except that its payload claims class 99 (a buggy or hostile site)."""
+    real = client_app.build_app()
+    app = ClientApp()
+
+    @app.query("condense")
+    def condense(msg: Message, context: Context) -> Message:
+        reply = real(msg, context)
+        labels = reply.content[wire.PAYLOAD]["labels"].numpy().copy()
+        labels[0] = 99
+        reply.content[wire.PAYLOAD]["labels"] = Array(labels)
+        return reply
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        return real(msg, context)
+
+    return app
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory: pytest.TempPathFactory, fmnist_train: LabeledImages) -> Path:
+    return tiny_teacher(tmp_path_factory.mktemp("teacher") / "resnet8", fmnist_train)
+
+
+def _partition(i: int, n: int) -> dict[str, Any]:
+    return {"partition-id": i, "num-partitions": n}
+
+
+# ---- ServerApp orchestration with the real ClientApp ---------------------------------------------------
+def test_failed_timed_out_and_malformed_nodes_do_not_stop_the_run(teacher: Path, tmp_path: Path) -> None:
+    overrides = tiny_overrides(teacher, tmp_path / "out") | {"federation.min-payload-fraction": 0.4}
+    good = client_app.build_app()
+    grid = LocalGrid({
+        11: (good, _partition(0, 4)),
+        12: (good, _partition(1, 4)),
+        13: (good, {"data-dir": str(tmp_path / "no-such-site")}),  # its data cannot be loaded
+        14: (malformed_client(), _partition(2, 4)),
+        15: (good, _partition(3, 4)),  # never answers
+    }, run_config={}, silent=[15])
+    cfg = server_app.server_config({}, overrides)
+    report = server_app.run_job(grid, cfg, command="pytest")
+    assert report.status == "completed", report.error
+    status = {o.node_id: o for o in report.node_outcomes}
+    assert [status[n].status for n in (11, 12, 13, 14, 15)] == [ACCEPTED, ACCEPTED, FAILED, REJECTED, TIMEOUT]
+    assert "DataError" in status[13].reason and "no-such-site" in status[13].reason
+    assert "labels" in status[14].reason and "99" in status[14].reason
+    saved = read_report(tmp_path / "out")
+    assert saved["nodes"] == 5 and saved["nodes_answered"] == 3 and saved["payloads_rejected"] == 1
+    assert {r["node_id"]: r["status"] for r in saved["rejections"]} == {13: FAILED, 14: REJECTED, 15: TIMEOUT}
+    assert any("labels" in r["reason"] for r in saved["rejections"])
+    # the student was exported and evaluated by the nodes that answered
+    assert (Path(saved["student"]["path"]) / "model.safetensors").is_file()
+    assert 0.0 <= saved["student_accuracy"] <= 1.0 and 0.0 <= saved["teacher_accuracy"] <= 1.0
+    evaluated = {p["node_id"]: p["eval_accuracy"] for p in saved["per_node"] if p["eval_accuracy"] is not None}
+    assert set(evaluated) == {11, 12, 14}
+    assert saved["federated_eval_mean"] == pytest.approx(sum(evaluated.values()) / 3)
+    assert "| 14 | rejected |" in (tmp_path / "out").glob("federated-*/report.md").__next__().read_text()
+
+
+def test_too_few_valid_payloads_fail_the_run_with_a_report(teacher: Path, tmp_path: Path) -> None:
+    overrides = tiny_overrides(teacher, tmp_path / "out") | {"federation.min-payload-fraction": 0.75,
+                                                             "condense.method": "real"}
+    grid = LocalGrid({1: (client_app.build_app(), _partition(0, 2)),
+                      2: (client_app.build_app(), {"data-dir": str(tmp_path / "missing")})}, run_config={})
+    report = server_app.run_job(grid, server_app.server_config({}, overrides), command="pytest")
+    assert report.status == "failed"
+    assert "1 of 2" in report.error and "min_payload_fraction" in report.error
+    saved = read_report(tmp_path / "out")
+    assert saved["status"] == "failed" and saved["student_accuracy"] is None
+
+
+def test_waiting_for_nodes_times_out_with_a_clear_message() -> None:
+    grid = LocalGrid({1: (client_app.build_app(), _partition(0, 1))}, run_config={})
+    with pytest.raises(ConfigError, match="federation.min_nodes=2"):
+        server_app.wait_for_nodes(grid, min_nodes=2, timeout_s=0.5)
+    assert server_app.wait_for_nodes(grid, min_nodes=1, timeout_s=0.5) == [1]
+
+
+def test_client_rejects_invalid_requests_with_an_error_reply(teacher: Path, tmp_path: Path) -> None:
+    grid = LocalGrid({1: (client_app.build_app(), _partition(0, 2))}, run_config={})
+    bad = Message(wire.request_to_content({"condense.method": "dm", "condense.epsilon": 1.0}), dst_node_id=1,
+                  message_type="query.condense")
+    (reply,) = grid.send_and_receive([bad])
+    assert reply.has_error() and reply.error.code == client_app.ERR_CONFIG
+    assert "condense.epsilon" in (reply.error.reason or "")
+
+
+# ---- a real Flower simulation ------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_three_node_flower_simulation(teacher: Path, tmp_path: Path) -> None:
+    from flwr.simulation import run_simulation
+
+    overrides = tiny_overrides(teacher, tmp_path / "out") | {"federation.min-nodes": 3}
+    run_simulation(
+        server_app=server_app.build_app(overrides), client_app=client_app.build_app(overrides), num_supernodes=3,
+        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": 2}},
+    )
+    saved = read_report(tmp_path / "out")
+    assert saved["status"] == "completed", saved["error"]
+    assert saved["nodes"] == 3 and saved["payloads_accepted"] == 3
+    assert all(p["num_samples"] > 0 and p["method"] == "dm" and p["ipc"] == 2 for p in saved["per_node"])
+    assert all(p["source"].startswith("fashion_mnist partition") for p in saved["per_node"])
+    assert saved["federated_eval_mean"] is not None
+    assert (Path(saved["student"]["path"]) / "card.json").is_file()

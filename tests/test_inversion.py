@@ -1,0 +1,179 @@
+"""Generator, DiffAugment, MI loss terms, base methods and condensed-guided feature alignment.
+
+A tiny BN teacher (ResNet-8, width 4) is fitted for one short epoch on 2000 real FMNIST images; the
+condensed set is 5 real images per class."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from server.inversion import FeatureAlignment, Generator, InversionContext, build_method, inversion_methods
+from server.inversion.generator import to_pixels
+from shared.augment.diffaugment import cutout, diff_augment, translation
+from shared.config.distill import DistillConfig
+from shared.data import few_shot_indices, load_dataset
+from shared.errors import ConfigError, UnknownNameError
+from shared.models import build_model
+from shared.train import train_classifier
+
+MEAN, STD = (0.286,), (0.353,)
+
+
+@pytest.fixture(scope="module")
+def fmnist():
+    return load_dataset("fashion_mnist", "train")
+
+
+@pytest.fixture(scope="module")
+def teacher(fmnist):
+    torch.manual_seed(0)
+    net = build_model("resnet8", 10, 1, 28, width=4)
+    train_classifier(net, fmnist.subset(range(2000)), None, epochs=1, batch_size=64, lr=0.05, progress=False)
+    net.eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
+
+
+@pytest.fixture(scope="module")
+def condensed(fmnist):
+    subset = fmnist.subset(few_shot_indices(fmnist.labels.numpy(), 5, seed=0))
+    return subset.normalized(), subset.labels
+
+
+def make_ctx(teacher, condensed, guided: bool, **overrides) -> InversionContext:
+    cfg = DistillConfig(synthesis_batch_size=20, generator_width=8, g_steps=2, warmup_epochs=0,
+                        mode="mi*" if guided else "mi", **overrides)
+    cfg.validate()
+    gen = Generator(cfg.latent_dim, 1, 28, MEAN, STD, width=cfg.generator_width)
+    student = build_model("lenet5_half", 10, 1, 28)
+    guidance = None
+    if guided:
+        guidance = FeatureAlignment(teacher, condensed[0], condensed[1], 10, teacher.feature_dim, hidden=16,
+                                    batch_size=30, policy=cfg.diffaugment)
+    return InversionContext(teacher, student, gen, 10, cfg, torch.device("cpu"), guidance=guidance, epoch=1)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("size", [28, 32, 64, 30])
+def test_generator_shape_and_range(channels: int, size: int) -> None:
+    mean, std = (0.5,) * channels, (0.25,) * channels
+    gen = Generator(latent_dim=32, channels=channels, image_size=size, mean=mean, std=std, width=8)
+    z = gen.sample_latent(3)
+    pixels = gen.pixels(z)
+    assert pixels.shape == (3, channels, size, size)
+    assert float(pixels.min()) >= 0.0 and float(pixels.max()) <= 1.0
+    out = gen(z)
+    torch.testing.assert_close(out, (pixels - 0.5) / 0.25)
+    torch.testing.assert_close(to_pixels(out, mean, std), pixels)
+
+
+def test_generator_rejects_bad_stats() -> None:
+    with pytest.raises(ConfigError, match="mean/std"):
+        Generator(channels=3, mean=(0.5,), std=(0.2,))
+
+
+def test_diffaugment_shapes_gradients_and_effects() -> None:
+    x = torch.randn(6, 3, 16, 16, requires_grad=True)
+    y = diff_augment(x, "color,translation,cutout")
+    assert y.shape == x.shape
+    y.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    ones = torch.ones(4, 1, 8, 8)
+    assert int((cutout(ones) == 0).sum(dim=(1, 2, 3)).min()) >= 4  # each image loses a patch
+    shifted = translation(ones, ratio=0.25)
+    assert float(shifted.sum()) <= float(ones.sum())  # zero fill enters from the borders
+    assert torch.equal(diff_augment(x, ""), x)
+    with pytest.raises(ConfigError, match="unknown parts"):
+        diff_augment(x, "colour")
+
+
+def test_registry_lists_methods() -> None:
+    assert {"deepinversion", "fast"} <= set(inversion_methods.names())
+    with pytest.raises(UnknownNameError, match="deepinversion"):
+        inversion_methods.get("nope")
+
+
+def test_each_loss_term_finite_and_differentiable(teacher, condensed) -> None:
+    ctx = make_ctx(teacher, condensed, guided=True)
+    method = build_method("deepinversion", ctx)
+    images = ctx.generator(ctx.generator.sample_latent(20))
+    total, terms, t_logits = method.generator_loss(images, method.sample_targets())
+    assert set(terms) == {"bn", "oh", "adv", "fa"}
+    assert t_logits.shape == (20, 10) and torch.isfinite(total)
+    params = list(ctx.generator.parameters())
+    for name, term in terms.items():
+        assert term.ndim == 0 and torch.isfinite(term), name
+        grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
+        flat = torch.cat([g.flatten() for g in grads if g is not None])
+        assert torch.isfinite(flat).all(), name
+        assert float(flat.abs().sum()) > 0, f"{name} does not reach the generator"
+    # The student and the discriminator are frozen inside the generator loss: no gradients leak into them.
+    assert all(p.grad is None for p in ctx.student.parameters())
+    assert all(p.grad is None for p in ctx.guidance.discriminator.parameters())
+
+
+def test_adversarial_term_off_during_warmup(teacher, condensed) -> None:
+    ctx = make_ctx(teacher, condensed, guided=False, adv_weight=1.0)
+    ctx.cfg.warmup_epochs = 5
+    ctx.epoch = 2
+    method = build_method("fast", ctx)
+    _, terms, _ = method.generator_loss(ctx.generator(ctx.generator.sample_latent(20)), method.sample_targets())
+    assert "adv" not in terms and "fa" not in terms
+
+
+def test_discriminator_gets_three_input_types(teacher, condensed) -> None:
+    ctx = make_ctx(teacher, condensed, guided=True)
+    method = build_method("deepinversion", ctx)
+    before = [p.clone() for p in ctx.guidance.discriminator.parameters()]
+    batch = method.synthesize()
+    inputs = ctx.guidance.last_inputs
+    assert inputs is not None
+    real_f, real_y = inputs.real
+    syn_f, syn_y = inputs.synthetic
+    wrong_f, wrong_y = inputs.wrong_label
+    assert real_f.shape == (30, teacher.feature_dim) and syn_f.shape == (20, teacher.feature_dim)
+    assert torch.equal(wrong_f, real_f)  # the same condensed features ...
+    assert bool((wrong_y != real_y).all())  # ... with a wrong label each
+    assert set(real_y.tolist()) <= set(condensed[1].tolist())
+    # Synthetic labels are the teacher's pseudo-labels of the step's images.
+    assert syn_y.shape == (20,) and int(syn_y.max()) < 10
+    assert batch.images.shape == (20, 1, 28, 28) and batch.teacher_logits.shape == (20, 10)
+    assert torch.equal(batch.targets, batch.teacher_logits.argmax(1))
+    after = list(ctx.guidance.discriminator.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True)), "discriminator was not trained"
+    assert {"d_loss", "d_real", "d_fake", "d_wrong", "fa", "bn", "oh", "adv"} <= set(batch.losses)
+
+
+def test_discriminator_learns_condensed_vs_wrong_labels(teacher, condensed) -> None:
+    """A few steps on fixed inputs drive real scores up and wrong-label scores down."""
+    fa = FeatureAlignment(teacher, condensed[0], condensed[1], 10, teacher.feature_dim, hidden=16, lr=1e-2,
+                          batch_size=50, policy="")
+    feats = fa.features(condensed[0]).detach()
+    for _ in range(60):
+        fa._pending = (feats[:10], condensed[1][:10])
+        fa.discriminator_step()
+    d = fa.discriminator
+    wrong = (condensed[1] + 1) % 10
+    assert float(d(feats, condensed[1]).mean()) > float(d(feats, wrong).mean())
+
+
+@pytest.mark.parametrize("name", ["deepinversion", "fast"])
+def test_methods_update_the_shared_generator(teacher, condensed, name: str) -> None:
+    ctx = make_ctx(teacher, condensed, guided=False)
+    method = build_method(name, ctx)
+    before = [p.clone() for p in ctx.generator.parameters()]
+    batch = method.synthesize()
+    assert torch.isfinite(batch.images).all()
+    changed = [not torch.equal(a, b) for a, b in zip(before, ctx.generator.parameters(), strict=True)]
+    assert all(changed), f"{name}: some generator parameters did not move"
+    state = method.state_dict()
+    assert state and build_method(name, ctx).load_state_dict(state) is None
+
+
+def test_bn_loss_needs_batchnorm_teacher(condensed) -> None:
+    teacher = build_model("lenet5", 10, 1, 28).eval()  # no BatchNorm layers
+    ctx = make_ctx(teacher, condensed, guided=False)
+    with pytest.raises(ConfigError, match="bn_weight"):
+        build_method("fast", ctx)
