@@ -295,22 +295,22 @@ def run_engine(teacher: nn.Module, teacher_card: ModelCard, teacher_path: Path,
     say(f"distilling {cfg.distill.student} ({cfg.distill.base}, mode {cfg.distill.mode}) from "
         f"{len(distiller.condensed or [])} condensed samples")
     result = distiller.fit()
-    checkpoint = out_dir / "distill" / "student"
-    exports = export_student(checkpoint, out_dir / "export", test_set)
+    card = ModelCard.read(out_dir / "distill" / "student" / "card.json")
+    student_dir = out_dir / "student"
+    exports = export_formats(result.student, card, student_dir)
     details = result.summary()
     details.pop("curve", None)
-    return EngineResult(result.student, ModelCard.read(checkpoint / "card.json"), checkpoint, exports,
-                        details | {"accuracy": result.accuracy})
+    return EngineResult(result.student, card, student_dir, exports, details | {"accuracy": result.accuracy})
 
 
-def export_student(checkpoint: Path, out: Path, test_set: Any) -> dict[str, str]:
-    """TorchScript / ONNX exports of the student (``server.export``), each verified by reloading."""
-    try:
-        from server.export import export_checkpoint
-    except ImportError:  # TEMPORARY until server/export.py lands
-        return {}
-    written = export_checkpoint(checkpoint, out, sample=test_set)
-    return {fmt: str(path) for fmt, path in written.items()}
+def export_formats(student: nn.Module, card: ModelCard, out: Path) -> dict[str, str]:
+    """The student as safetensors + card, TorchScript and (with the ``export`` extra) ONNX, each verified by
+    reloading (``server.export``); ``out`` is itself a checkpoint directory."""
+    from server.export import FORMATS, export_student, onnx_available
+
+    formats = [f for f in FORMATS if f != "onnx" or onnx_available()]
+    records = export_student(student, card, out, formats=formats)
+    return {r.format: r.path for r in records}
 
 
 # ---- stage 4: evaluation -------------------------------------------------------------------------------

@@ -241,7 +241,7 @@ class Distiller:
         backward(loss)
         self.optimizer.step()
         self.pool.feedback(batch.indices, per_sample.detach())
-        return float(loss)
+        return float(loss.detach())
 
     def _progress_fraction(self) -> float:
         cfg = self.cfg

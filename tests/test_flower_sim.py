@@ -181,7 +181,7 @@ def test_too_few_valid_payloads_fail_the_run_with_a_report(teacher: Path, tmp_pa
 
 def test_waiting_for_nodes_times_out_with_a_clear_message() -> None:
     grid = LocalGrid({1: (client_app.build_app(), _partition(0, 1))}, run_config={})
-    with pytest.raises(ConfigError, match="federation.min_nodes=2"):
+    with pytest.raises(ConfigError, match=r"federation\.min_nodes=2"):
         server_app.wait_for_nodes(grid, min_nodes=2, timeout_s=0.5)
     assert server_app.wait_for_nodes(grid, min_nodes=1, timeout_s=0.5) == [1]
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pki import SuperLinkCerts, SuperNodeKeys, generate  # noqa: E402
+from pki import SuperLinkCerts, SuperNodeKeys, generate
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
@@ -180,8 +180,9 @@ def start_supernode(fed: Federation, keys: SuperNodeKeys, node_config: Mapping[s
     return _spawn(f"supernode-{keys.name}", args, fed.workdir, fed.workdir / f"flwr-supernode-{keys.name}")
 
 
-def run_app(fed: Federation, run_config: Mapping[str, object], timeout: float, app_dir: Path = PROJECT_ROOT) -> str:
+def run_app(fed: Federation, run_config: Mapping[str, object], timeout: float, app_dir: Path | None = None) -> str:
     """Submit the condex app (``flwr run``) to the federation and stream its logs until the run ends."""
+    app_dir = app_dir or PROJECT_ROOT
     overrides = " ".join(f"{k}={_toml(v)}" for k, v in run_config.items())
     args = ["run", str(app_dir), CONNECTION, "--stream"] + (["--run-config", overrides] if overrides else [])
     return flwr_cli(fed, args, timeout=timeout, cwd=app_dir)

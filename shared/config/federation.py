@@ -22,6 +22,8 @@ class FederationConfig:
     federated_eval: bool = True  # send the exported student to the nodes for evaluation on their held-out data
     eval_timeout_s: float = 600.0
     message_ttl_s: float = 0.0  # Flower message TTL; 0 = reply timeout + 60 s
+    sim_client_cpus: int = 2  # simulations.run only: CPUs Ray reserves per simulated ClientApp (2 = one at a time
+    #                           on a 2-core machine, so condensation does not oversubscribe the cores)
 
     def validate(self) -> None:
         if not isinstance(self.min_nodes, int) or self.min_nodes < 1:
@@ -44,6 +46,8 @@ class FederationConfig:
                 f"federation.min_payload_fraction={self.min_payload_fraction} must be in (0, 1]; e.g. 0.5 goes on "
                 "when half of the queried nodes sent a valid payload"
             )
+        if not isinstance(self.sim_client_cpus, int) or self.sim_client_cpus < 1:
+            raise ConfigError(f"federation.sim_client_cpus={self.sim_client_cpus!r} must be an integer >= 1")
         if not isinstance(self.max_payload_bytes, int) or self.max_payload_bytes < 1024:
             raise ConfigError(f"federation.max_payload_bytes={self.max_payload_bytes!r} must be an integer >= 1024")
 

@@ -1,0 +1,240 @@
+"""Algorithm 1 end to end on tiny models: pool, KD loss, modes, resume, condensed-set checks, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from server.distill import CondensedSet, Distiller, load_condensed
+from server.kd_losses import get_kd_loss, kd_losses
+from server.pool import SamplePool, samplers
+from shared.checkpoint import card_for_dataset, load_checkpoint, save_checkpoint
+from shared.config.distill import DistillConfig
+from shared.data import load_dataset
+from shared.device import torch_threads
+from shared.errors import ConfigError, PayloadError, UnknownNameError
+from shared.models import build_model
+from shared.train import train_classifier
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_dataset("fashion_mnist", "train"), load_dataset("fashion_mnist", "test").subset(range(500))
+
+
+@pytest.fixture(scope="module")
+def teacher(data):
+    torch.manual_seed(0)
+    train, _ = data
+    net = build_model("resnet8", 10, 1, 28, width=4)
+    train_classifier(net, train.subset(range(1000)), None, epochs=1, batch_size=50, lr=0.05, progress=False)
+    card = card_for_dataset(train.info, "resnet8", {"width": 4}, role="teacher")
+    return net.eval(), card
+
+
+@pytest.fixture(scope="module")
+def condensed(data):
+    return CondensedSet.from_real(data[0], 3, seed=0)
+
+
+def tiny_cfg(**overrides) -> DistillConfig:
+    values = dict(epochs=3, synthesis_batch_size=16, generator_width=8, kd_batch_size=32, kd_steps=2,
+                  condensed_batch_size=16, discriminator_hidden=16, warmup_epochs=1, eval_every_seconds=0.0,
+                  eval_samples=200, checkpoint_every=2, grid_every=2, lr_schedule="constant")
+    values.update(overrides)
+    return DistillConfig(**values)
+
+
+def run(teacher, condensed, test, path, resume=False, **overrides):
+    net, card = teacher
+    distiller = Distiller(tiny_cfg(**overrides), net, card, condensed, test, path, seed=1, progress=False)
+    return distiller, distiller.fit(resume=resume)
+
+
+# -- pool ---------------------------------------------------------------------------------------------
+def _batch(n: int, start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ids = torch.arange(start, start + n, dtype=torch.float32)
+    return ids.view(n, 1, 1, 1).expand(n, 1, 2, 2).clone(), torch.arange(n) % 3, ids.view(n, 1).repeat(1, 3)
+
+
+@pytest.mark.parametrize("policy", ["reservoir", "oldest"])
+def test_pool_cap_respected_and_condensed_kept(policy: str) -> None:
+    cond = _batch(4, -4)
+    pool = SamplePool(cap=10, policy=policy, condensed=cond)
+    for step in range(7):
+        pool.add(*_batch(5, 5 * step))
+        assert pool.size <= 10 and len(pool) == 4 + min(10, 5 * (step + 1))
+    assert pool.seen == 35
+    images, _ = pool.synthetic()
+    ids = images[:, 0, 0, 0]
+    assert len(set(ids.tolist())) == 10  # no duplicates
+    if policy == "oldest":
+        assert sorted(ids.tolist()) == list(range(25, 35))  # only the newest survive
+    batch = pool.get(torch.arange(4))  # condensed entries are never evicted
+    torch.testing.assert_close(batch.images, cond[0])
+    sample = pool.sample(64)
+    assert sample.images.shape == (64, 1, 2, 2) and int(sample.indices.max()) < len(pool)
+    # Stored logits travel with their images.
+    torch.testing.assert_close(sample.teacher_logits[:, 0], sample.images[:, 0, 0, 0])
+
+
+def test_pool_state_round_trip_and_errors() -> None:
+    pool = SamplePool(cap=6)
+    pool.add(*_batch(8, 0))
+    clone = SamplePool(cap=6)
+    clone.load_state_dict(pool.state_dict())
+    assert (clone.size, clone.seen) == (pool.size, pool.seen)
+    torch.testing.assert_close(clone.synthetic()[0], pool.synthetic()[0])
+    with pytest.raises(ConfigError, match="empty"):
+        SamplePool(cap=3).sample(2)
+    with pytest.raises(ConfigError, match="pool_cap"):
+        SamplePool(cap=0)
+    with pytest.raises(UnknownNameError, match="uniform"):
+        SamplePool(cap=3, sampler="nope")
+    assert "uniform" in samplers.names()
+
+
+def test_kl_loss_per_sample() -> None:
+    assert "kl" in kd_losses.names()
+    kl = get_kd_loss("kl")
+    logits = torch.randn(5, 10)
+    assert torch.allclose(kl(logits, logits, 4.0), torch.zeros(5), atol=1e-6)
+    other = torch.randn(5, 10)
+    loss = kl(other, logits, 4.0)
+    assert loss.shape == (5,) and bool((loss > 0).all())
+
+
+# -- the loop -----------------------------------------------------------------------------------------
+def test_guided_end_to_end(teacher, condensed, data, tmp_path) -> None:
+    distiller, result = run(teacher, condensed, data[1], tmp_path / "run", base="fast", mode="mi*")
+    assert result.epochs == 3 and result.accuracy is not None and 0.0 <= result.accuracy <= 1.0
+    assert result.pool_size == len(condensed) + 3 * 16
+    assert 0.0 < result.compute_fraction <= 1.0
+    assert {"synthesis", "kd"} <= set(result.phase_seconds)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in records if r["event"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2, 3]
+    assert {"bn", "oh", "fa", "d_loss", "kd_loss"} <= set(epochs[-1]) and "adv" in epochs[-1]
+    assert "adv" not in epochs[0]  # warm-up
+    assert all(torch.isfinite(torch.tensor(r["kd_loss"])) for r in epochs)
+    student, card = load_checkpoint(tmp_path / "run" / "student")
+    assert card.role == "student" and card.arch == "lenet5_half" and card.provenance["distill"]["mode"] == "mi*"
+    assert card.provenance["payloads"] == condensed.sources
+    assert (tmp_path / "run" / "grids" / "condensed.png").is_file()
+    assert any(p.name.startswith("synthetic_epoch") for p in (tmp_path / "run" / "grids").iterdir())
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["epochs"] == 3 and summary["config"]["mode"] == "mi*"
+
+
+@pytest.mark.parametrize(("mode", "base"), [("cs-only", "fast"), ("mi", "deepinversion"), ("mi+cs", "fast")])
+def test_modes(teacher, condensed, data, tmp_path, mode: str, base: str) -> None:
+    distiller, result = run(teacher, condensed, data[1], tmp_path / mode, mode=mode, base=base, epochs=2,
+                            checkpoint_every=0, grid_every=0)
+    synthetic = 0 if mode == "cs-only" else 2 * 16
+    condensed_n = 0 if mode == "mi" else len(condensed)
+    assert result.pool_size == synthetic + condensed_n
+    assert (distiller.generator is None) == (mode == "cs-only")
+    assert distiller.guidance is None
+
+
+def test_resume_reproduces_next_losses(teacher, condensed, data, tmp_path) -> None:
+    full_dir, part_dir = tmp_path / "full", tmp_path / "part"
+    run(teacher, condensed, data[1], full_dir, epochs=4, base="deepinversion")
+    run(teacher, condensed, data[1], part_dir, epochs=2, base="deepinversion")
+    distiller, _ = run(teacher, condensed, data[1], part_dir, resume=True, epochs=4, base="deepinversion")
+    assert distiller.epoch == 4
+
+    def losses(path):
+        lines = (path / "metrics.jsonl").read_text().splitlines()
+        return [(r["epoch"], r["kd_loss"], r["g_loss"], r["d_loss"]) for r in map(json.loads, lines)
+                if r["event"] == "epoch"]
+
+    assert losses(part_dir) == losses(full_dir)  # epochs 3-4 after resuming equal the uninterrupted run
+    a, _ = load_checkpoint(full_dir / "student")
+    b, _ = load_checkpoint(part_dir / "student")
+    for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(pa, pb), name
+
+
+def test_resume_refuses_changed_config(teacher, condensed, data, tmp_path) -> None:
+    run(teacher, condensed, data[1], tmp_path / "r", epochs=1, mode="mi+cs")
+    with pytest.raises(ConfigError, match="distill.temperature"):
+        run(teacher, condensed, data[1], tmp_path / "r", resume=True, epochs=2, mode="mi+cs", temperature=2.0)
+    with pytest.raises(Exception, match="no checkpoint"):
+        run(teacher, condensed, data[1], tmp_path / "missing", resume=True)
+
+
+# -- input checks -------------------------------------------------------------------------------------
+def test_condensed_shape_and_class_mismatch(teacher, data, tmp_path) -> None:
+    net, card = teacher
+    wrong_size = CondensedSet(torch.zeros(4, 1, 32, 32), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(PayloadError, match=r"\(1, 28, 28\)"):
+        Distiller(tiny_cfg(), net, card, wrong_size, None, tmp_path / "a", progress=False)
+    wrong_classes = CondensedSet(torch.zeros(4, 1, 28, 28), torch.tensor([0, 1, 2, 12]))
+    with pytest.raises(PayloadError, match="10 classes"):
+        Distiller(tiny_cfg(), net, card, wrong_classes, None, tmp_path / "b", progress=False)
+    with pytest.raises(ConfigError, match="needs condensed"):
+        Distiller(tiny_cfg(mode="mi*"), net, card, None, None, tmp_path / "c", progress=False)
+    with pytest.raises(PayloadError, match="float32"):
+        CondensedSet(torch.zeros(4, 28, 28), torch.zeros(4, dtype=torch.long))
+
+
+def test_load_condensed_checks_payloads(teacher, tmp_path) -> None:
+    from shared.payload import CondensedPayload, PayloadMeta
+
+    _, card = teacher
+
+    def payload(dataset: str, size: int, labels: list[int]) -> CondensedPayload:
+        meta = PayloadMeta(method="real", dataset=dataset, ipc=2, num_classes=10, channels=1, height=size,
+                           width=size, mean=list(card.mean), std=list(card.std), local_class_counts=[5] * 10)
+        return CondensedPayload(torch.rand(len(labels), 1, size, size), torch.tensor(labels), meta)
+
+    folder = tmp_path / "payloads"
+    payload("fashion_mnist", 28, [0, 1, 1]).save(folder / "site0.safetensors")
+    payload("fashion_mnist", 28, [2, 3]).save(folder / "site1.safetensors")
+    loaded = load_condensed(folder, card)
+    assert len(loaded) == 5 and loaded.labels.tolist() == [0, 1, 1, 2, 3] and len(loaded.sources) == 2
+    payload("mnist", 28, [0]).save(tmp_path / "other.safetensors")
+    with pytest.raises(PayloadError, match="meta.dataset"):
+        load_condensed(tmp_path / "other.safetensors", card)
+    payload("fashion_mnist", 32, [0]).save(tmp_path / "big.safetensors")
+    with pytest.raises(PayloadError, match="teacher expects"):
+        load_condensed(tmp_path / "big.safetensors", card)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(PayloadError, match="no payload files|no \\*.safetensors"):
+        load_condensed(empty, card)
+
+
+def test_config_validation_names_fields() -> None:
+    for field, value in [("mode", "mi**"), ("kd_steps", 0), ("temperature", 0.0), ("pool_policy", "fifo"),
+                         ("diffaugment", "colour")]:
+        with pytest.raises(ConfigError, match=f"distill.{field}"):
+            DistillConfig(**{field: value}).validate()
+    with pytest.raises(ConfigError, match="both 0"):
+        DistillConfig(epochs=0, budget_seconds=0).validate()
+
+
+def test_cli_distill_and_export(teacher, tmp_path) -> None:
+    from shared.cli import main
+
+    net, card = teacher
+    save_checkpoint(tmp_path / "teacher", net, card)
+    out = tmp_path / "cli"
+    code = main(["distill", "--teacher", str(tmp_path / "teacher"), "--condensed", "real:2", "--method", "fast",
+                 "--guided", "--epochs", "2", "--out", str(out), "--no-progress",
+                 "--set", "distill.synthesis_batch_size=8", "--set", "distill.generator_width=8",
+                 "--set", "distill.kd_steps=1", "--set", "distill.eval_samples=100"])
+    assert code == 0 and (out / "student" / "card.json").is_file()
+    assert main(["export", "--checkpoint", str(out / "student"), "--out", str(tmp_path / "exp"),
+                 "--formats", "safetensors,torchscript"]) == 0
+    assert (tmp_path / "exp" / "student.torchscript.pt").is_file()
+    assert main(["distill", "--teacher", str(tmp_path / "nope"), "--out", str(out), "--no-progress"]) == 2

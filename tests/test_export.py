@@ -1,0 +1,62 @@
+"""Student export: every format is written, reloaded and matches the PyTorch model; failures write nothing."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from server.export import FORMATS, export_student, onnx_available, probe_batch
+from shared.checkpoint import card_for_dataset, load_checkpoint
+from shared.data import get_dataset_info
+from shared.errors import CheckpointError, ConfigError
+from shared.models import build_model
+
+
+@pytest.fixture()
+def student():
+    torch.manual_seed(0)
+    net = build_model("lenet5_half", 10, 1, 28).eval()
+    card = card_for_dataset(get_dataset_info("fashion_mnist"), "lenet5_half", role="student", test_accuracy=0.5,
+                            provenance={"teacher": {"arch": "resnet8"}, "payloads": ["a.safetensors"]})
+    return net, card
+
+
+def test_round_trip_all_formats(student, tmp_path) -> None:
+    net, card = student
+    formats = FORMATS if onnx_available() else ("safetensors", "torchscript")
+    records = export_student(net, card, tmp_path / "out", formats)
+    assert [r.format for r in records] == list(formats)
+    assert all(r.max_abs_diff <= 1e-4 for r in records)
+    x = probe_batch(card, n=5, seed=3)  # fresh inputs, another batch size
+    with torch.no_grad():
+        expected = net(x)
+    reloaded, loaded_card = load_checkpoint(tmp_path / "out")
+    assert loaded_card.provenance["payloads"] == ["a.safetensors"] and loaded_card.role == "student"
+    torch.testing.assert_close(reloaded(x), expected, atol=1e-5, rtol=0)
+    scripted = torch.jit.load(str(tmp_path / "out" / "student.torchscript.pt"))
+    torch.testing.assert_close(scripted(x), expected, atol=1e-5, rtol=0)
+    if onnx_available():
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(tmp_path / "out" / "student.onnx"), providers=["CPUExecutionProvider"])
+        out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+        assert np.abs(out - expected.numpy()).max() <= 1e-4
+    report = json.loads((tmp_path / "out" / "export.json").read_text())
+    assert {e["format"] for e in report["exports"]} == set(formats)
+
+
+def test_failed_verification_writes_nothing(student, tmp_path) -> None:
+    net, card = student
+    with pytest.raises(CheckpointError, match="verification failed"):
+        export_student(net, card, tmp_path / "out", ("safetensors",), tolerance=-1.0)
+    assert not (tmp_path / "out").exists()
+    assert not list(tmp_path.iterdir())  # no staging directory left behind
+
+
+def test_unknown_format(student, tmp_path) -> None:
+    net, card = student
+    with pytest.raises(ConfigError, match="unknown"):
+        export_student(net, card, tmp_path / "out", ("tflite",))
