@@ -17,6 +17,7 @@ and ``flwr run . --run-config "condense.ipc=5"``)."""
 from __future__ import annotations
 
 import copy
+import json
 import os
 import sys
 import time
@@ -64,15 +65,25 @@ def build_app(overrides: Mapping[str, Any] | None = None) -> ServerApp:
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         cfg = server_config(context.run_config, fixed)
-        command = os.environ.get("CONDEX_COMMAND", "flwr run")
-        report = run_job(grid, cfg, command=command)
-        if report.status != "completed":
-            raise SystemExit(f"condex run failed: {report.error}")
+        report = run_job(grid, cfg, command=os.environ.get("CONDEX_COMMAND") or run_command(cfg))
+        if report.status != "completed":  # mark the Flower run as failed; the report says why
+            raise RuntimeError(f"condex run failed: {report.error}")
 
     return server_app
 
 
 app = build_app()
+
+
+def run_command(cfg: CondexConfig) -> str:
+    """``flwr run`` with the run-config entries that differ from the composed defaults (for the report)."""
+    defaults = _flower_values(to_flat(load_config()))
+    changed = {k: v for k, v in _flower_values(to_flat(cfg)).items() if defaults.get(k) != v}
+    if not changed:
+        return "flwr run ."
+    pairs = " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else v}"
+                     for k, v in sorted(changed.items()))
+    return f"flwr run . --run-config '{pairs}'"
 
 
 # ---- the job -------------------------------------------------------------------------------------------

@@ -125,21 +125,29 @@ class ComputeProfiler:
         self._start = 0.0
         self._sync = synchronize
         self._handles = []
+        # Closures, not bound methods: deepcopy (e.g. Fast's generator clone) shares functions but would
+        # copy a bound method's profiler, losing the clone's forward time.
+        def pre(*_: Any) -> None:
+            self._pre()
+
+        def post(*_: Any) -> None:
+            self._post()
+
         for module in modules.values():
-            self._handles.append(module.register_forward_pre_hook(self._pre))
-            self._handles.append(module.register_forward_hook(self._post))
+            self._handles.append(module.register_forward_pre_hook(pre))
+            self._handles.append(module.register_forward_hook(post))
 
     def _now(self) -> float:
         if self._sync:
             torch.cuda.synchronize()
         return time.perf_counter()
 
-    def _pre(self, *_: Any) -> None:
+    def _pre(self) -> None:
         if self._depth == 0:
             self._start = self._now()
         self._depth += 1
 
-    def _post(self, *_: Any) -> None:
+    def _post(self) -> None:
         self._depth -= 1
         if self._depth == 0:
             self.seconds["forward"] += self._now() - self._start

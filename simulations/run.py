@@ -47,12 +47,15 @@ def simulate(cfg: CondexConfig, out_dir: Path) -> dict[str, Any]:
     overrides = {k: v for k, v in to_flat(cfg).items() if v is not None and not isinstance(v, list)}
     overrides["output-dir"] = str(out_dir)
     cpus = max(1, cfg.federation.sim_client_cpus)
-    run_simulation(
-        server_app=build_server(overrides), client_app=build_client(overrides),
-        num_supernodes=cfg.data.num_partitions,
-        backend_config={"client_resources": {"num_cpus": cpus, "num_gpus": 0.0},
-                        "init_args": {"num_cpus": os.cpu_count() or 1}},
-    )
+    try:
+        run_simulation(
+            server_app=build_server(overrides), client_app=build_client(overrides),
+            num_supernodes=cfg.data.num_partitions,
+            backend_config={"client_resources": {"num_cpus": cpus, "num_gpus": 0.0},
+                            "init_args": {"num_cpus": os.cpu_count() or 1}},
+        )
+    except Exception as exc:  # a failed job is a row of the table (its report says why), not a dead sweep
+        print(f"[condex] simulation raised {type(exc).__name__}: {exc}", flush=True)
     reports = sorted(out_dir.glob("federated-*/report.json"))
     if not reports:
         return {"status": "failed", "error": f"the ServerApp wrote no report under {out_dir}"}
@@ -63,7 +66,7 @@ def result_row(job: str, overrides: list[str], report: dict[str, Any]) -> dict[s
     """One line of the sweep table, from a run report."""
     eps = [p["epsilon"] for p in report.get("per_node", []) if p.get("epsilon") is not None]
     return {
-        "job": job, "overrides": " ".join(overrides) or "(defaults)", "status": report.get("status"),
+        "job": job, "overrides": list(overrides), "status": report.get("status"),
         "nodes": report.get("nodes"), "accepted": report.get("payloads_accepted"),
         "rejected": len(report.get("rejections", [])), "epsilon_max": max(eps) if eps else None,
         "teacher_accuracy": report.get("teacher_accuracy"), "student_accuracy": report.get("student_accuracy"),
@@ -82,9 +85,15 @@ def append_result(sweep_dir: Path, row: dict[str, Any]) -> Path:
 
 
 def render_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    """Markdown table; the overrides column shows what differs between jobs (the swept values), and the
+    overrides shared by every job are listed once above the table."""
+    sets = [set(row.get("overrides") or []) for row in rows]
+    common = set.intersection(*sets) if len(sets) > 1 else set()
+    lines = [f"Common overrides: {' '.join(sorted(common)) or '(none)'}", ""] if common else []
+    lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for row in rows:
-        lines.append("| " + " | ".join(_cell(row.get(c)) for c in COLUMNS) + " |")
+        shown = dict(row, overrides=" ".join(o for o in row.get("overrides") or [] if o not in common) or "(defaults)")
+        lines.append("| " + " | ".join(_cell(shown.get(c)) for c in COLUMNS) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -94,6 +103,16 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value).replace("|", "/")
+
+
+def register_schema() -> None:
+    """``configs/condex.yaml`` composes onto the dataclass schema ``condex_schema`` (as ``load_config`` does)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="condex_schema", node=CondexConfig)
+
+
+register_schema()
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="condex", version_base=None)

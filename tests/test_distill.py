@@ -114,7 +114,7 @@ def test_kl_loss_per_sample() -> None:
 
 # -- the loop -----------------------------------------------------------------------------------------
 def test_guided_end_to_end(teacher, condensed, data, tmp_path) -> None:
-    distiller, result = run(teacher, condensed, data[1], tmp_path / "run", base="fast", mode="mi*")
+    _, result = run(teacher, condensed, data[1], tmp_path / "run", base="fast", mode="mi*")
     assert result.epochs == 3 and result.accuracy is not None and 0.0 <= result.accuracy <= 1.0
     assert result.pool_size == len(condensed) + 3 * 16
     assert 0.0 < result.compute_fraction <= 1.0
@@ -125,7 +125,7 @@ def test_guided_end_to_end(teacher, condensed, data, tmp_path) -> None:
     assert {"bn", "oh", "fa", "d_loss", "kd_loss"} <= set(epochs[-1]) and "adv" in epochs[-1]
     assert "adv" not in epochs[0]  # warm-up
     assert all(torch.isfinite(torch.tensor(r["kd_loss"])) for r in epochs)
-    student, card = load_checkpoint(tmp_path / "run" / "student")
+    _, card = load_checkpoint(tmp_path / "run" / "student")
     assert card.role == "student" and card.arch == "lenet5_half" and card.provenance["distill"]["mode"] == "mi*"
     assert card.provenance["payloads"] == condensed.sources
     assert (tmp_path / "run" / "grids" / "condensed.png").is_file()
@@ -166,7 +166,7 @@ def test_resume_reproduces_next_losses(teacher, condensed, data, tmp_path) -> No
 
 def test_resume_refuses_changed_config(teacher, condensed, data, tmp_path) -> None:
     run(teacher, condensed, data[1], tmp_path / "r", epochs=1, mode="mi+cs")
-    with pytest.raises(ConfigError, match="distill.temperature"):
+    with pytest.raises(ConfigError, match=r"distill\.temperature"):
         run(teacher, condensed, data[1], tmp_path / "r", resume=True, epochs=2, mode="mi+cs", temperature=2.0)
     with pytest.raises(Exception, match="no checkpoint"):
         run(teacher, condensed, data[1], tmp_path / "missing", resume=True)
@@ -203,14 +203,14 @@ def test_load_condensed_checks_payloads(teacher, tmp_path) -> None:
     loaded = load_condensed(folder, card)
     assert len(loaded) == 5 and loaded.labels.tolist() == [0, 1, 1, 2, 3] and len(loaded.sources) == 2
     payload("mnist", 28, [0]).save(tmp_path / "other.safetensors")
-    with pytest.raises(PayloadError, match="meta.dataset"):
+    with pytest.raises(PayloadError, match=r"meta\.dataset"):
         load_condensed(tmp_path / "other.safetensors", card)
     payload("fashion_mnist", 32, [0]).save(tmp_path / "big.safetensors")
     with pytest.raises(PayloadError, match="teacher expects"):
         load_condensed(tmp_path / "big.safetensors", card)
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(PayloadError, match="no payload files|no \\*.safetensors"):
+    with pytest.raises(PayloadError, match=r"no \*\.safetensors"):
         load_condensed(empty, card)
 
 

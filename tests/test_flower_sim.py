@@ -212,3 +212,18 @@ def test_three_node_flower_simulation(teacher: Path, tmp_path: Path) -> None:
     assert all(p["source"].startswith("fashion_mnist partition") for p in saved["per_node"])
     assert saved["federated_eval_mean"] is not None
     assert (Path(saved["student"]["path"]) / "card.json").is_file()
+
+
+def test_sweep_results_table_collects_one_row_per_job(tmp_path: Path) -> None:
+    from simulations.run import RESULTS_JSONL, append_result, result_row
+
+    report = {"status": "completed", "nodes": 3, "payloads_accepted": 2, "rejections": [{"node_id": 7}],
+              "per_node": [{"epsilon": 2.0}, {"epsilon": 4.5}, {"epsilon": None}], "teacher_accuracy": 0.9,
+              "student_accuracy": 0.8, "federated_eval_mean": 0.75, "seconds": 12.0}
+    append_result(tmp_path, result_row("0", ["data.alpha=0.1", "condense.ipc=10"], report))
+    table = append_result(tmp_path, result_row("1", ["data.alpha=1.0", "condense.ipc=10"], {"status": "failed"}))
+    text = table.read_text()
+    assert "Common overrides: condense.ipc=10" in text
+    assert "| 0 | data.alpha=0.1 | completed | 3 | 2 | 1 | 4.5 | 0.9 | 0.8 | 0.75 | 12 |" in text
+    assert "| 1 | data.alpha=1.0 | failed |" in text
+    assert len((tmp_path / RESULTS_JSONL).read_text().splitlines()) == 2

@@ -110,7 +110,8 @@ class FeatureAlignment:
         self.optimizer.zero_grad(set_to_none=True)
         backward(loss)
         self.optimizer.step()
-        return {k: float(v.detach()) for k, v in (("d_loss", loss), ("d_real", real), ("d_fake", fake), ("d_wrong", wrong))}
+        parts = {"d_loss": loss, "d_real": real, "d_fake": fake, "d_wrong": wrong}
+        return {k: float(v.detach()) for k, v in parts.items()}
 
     def state_dict(self) -> dict[str, Any]:
         return {"discriminator": self.discriminator.state_dict(), "optimizer": self.optimizer.state_dict()}

@@ -51,7 +51,8 @@ class Classifier(nn.Module):
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.image_size = image_size
-        # Filled by build_model so checkpoints can rebuild the same network from (arch, arch_kwargs).
+        # Filled by build_model (name and every family option, defaults included) so checkpoints can
+        # rebuild the same network with build_model(arch, num_classes, in_channels, image_size, **arch_kwargs).
         self.arch = ""
         self.arch_kwargs = {}
         init_weights(self)
@@ -103,7 +104,8 @@ def build_model(
         )
     net = builder(num_classes, in_channels, size, **options)
     net.arch = name
-    net.arch_kwargs = dict(options)
+    # Record defaults too: a checkpoint must rebuild the same network even if a default changes later.
+    net.arch_kwargs = {**model_options(name), **options}
     return net
 
 
