@@ -43,6 +43,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 POLL_INTERVAL_S = 1.0
 EPSILON_TOLERANCE = 1.01  # a calibrated DP payload may land a hair above the requested epsilon
 
+
 def say(text: str) -> None:
     """Progress lines of the ServerApp; Flower forwards the process output to `flwr run --stream` / logs."""
     print(f"[condex] {text}", flush=True)
@@ -103,9 +104,12 @@ def run_job(grid: Grid, cfg: CondexConfig, command: str = "flwr run", out_dir: P
     try:
         _run_stages(grid, cfg, out_dir, report)
         report.status = "completed"
-    except CondexError as exc:
+    except CondexError as exc:  # bad input, missing nodes, too few payloads: a clear, expected failure
         report.status, report.error = "failed", f"{type(exc).__name__}: {exc}"
         say(f"run failed: {report.error}")
+    except Exception as exc:  # a bug: still leave a report behind, then let Flower mark the run failed
+        report.status, report.error = "failed", f"unexpected {type(exc).__name__}: {exc}"
+        raise
     finally:
         report.timings["total"] = round(time.perf_counter() - start, 2)
         json_path, md_path = report.write(out_dir)

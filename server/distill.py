@@ -25,7 +25,7 @@ from torch import nn
 from server.inversion import FeatureAlignment, Generator, InversionContext, InversionMethod, build_method
 from server.inversion.generator import to_pixels
 from server.kd_losses import get_kd_loss
-from server.pool import SamplePool, replays
+from server.pool import Replay, replays
 from server.run import (
     ComputeProfiler,
     PhaseTimer,
@@ -187,13 +187,12 @@ class Distiller:
                                    weight_decay=cfg.weight_decay, nesterov=True)
         return torch.optim.Adam(self.student.parameters(), lr=cfg.lr_student, weight_decay=cfg.weight_decay)
 
-    def _build_pool(self) -> SamplePool:
+    def _build_pool(self) -> Replay:
         condensed = None
         if self.cfg.uses_condensed and self.condensed is not None:
             images = self.condensed.images.to(self.device)
             condensed = (images, self.condensed.labels.to(self.device), self._teacher_logits(images))
-        pool_type = replays.get(self.cfg.replay)
-        return pool_type(self.cfg.pool_cap, self.cfg.pool_policy, self.cfg.sampler, condensed=condensed)
+        return replays.get(self.cfg.replay)(self.cfg, condensed)
 
     @torch.no_grad()
     def _teacher_logits(self, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:

@@ -9,17 +9,20 @@ augmentation needs no teacher forward at all.
 Two registries make the follow-up issue a matter of new files or functions:
 * ``samplers`` (``distill.sampler``): how a KD batch is drawn (``uniform`` here; SSD-KD priority later),
   with a ``feedback`` hook that receives per-sample KD losses;
-* ``replays`` (``distill.replay``): what stores and replays samples (``pool`` here; a generative VAE
-  replay later). Both follow the ``Replay`` protocol below."""
+* ``replays`` (``distill.replay``): factories ``(cfg, condensed) -> Replay`` for what stores and replays
+  samples (``pool`` here; a generative VAE replay later), following the ``Replay`` protocol below.
+  ``condensed`` is (images, labels, teacher logits) or None."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 
+from shared.config.distill import DistillConfig
 from shared.errors import ConfigError
 from shared.registry import Registry
 
@@ -72,10 +75,10 @@ class Replay(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-replays: Registry[type] = Registry("replay")
+ReplayFactory = Callable[[DistillConfig, "tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None"], Replay]
+replays: Registry[ReplayFactory] = Registry("replay")
 
 
-@replays.register("pool")
 class SamplePool:
     """Condensed samples (fixed) + a capped store of synthetic samples, all in memory."""
 
@@ -194,3 +197,9 @@ class SamplePool:
             self.labels[: self.size] = state["labels"]
             self.logits[: self.size] = state["logits"]
         self.sampler.load_state_dict(state["sampler"])
+
+
+@replays.register("pool")
+def build_pool(cfg: DistillConfig, condensed: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None) -> SamplePool:
+    """``replay = pool``: the growing in-memory pool of Algorithm 1."""
+    return SamplePool(cfg.pool_cap, cfg.pool_policy, cfg.sampler, condensed=condensed)

@@ -335,7 +335,7 @@ def _cli_train(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in ("arch", "arch_kwargs", "epochs", "batch_size", "lr", "momentum",
                                                "weight_decay", "schedule", "augment", "label_smoothing")
                  if getattr(args, k) is not None}
-    if "arch" in overrides and "arch_kwargs" not in overrides:
+    if overrides.get("arch", base.arch) != base.arch and "arch_kwargs" not in overrides:
         overrides["arch_kwargs"] = ""  # another architecture: its own defaults, not the configured width
     cfg = replace(base, **overrides)
     if "arch_kwargs" in overrides:

@@ -158,7 +158,7 @@ class CondensedPayload:
         try:
             with safe_open(str(path), framework="np") as handle:
                 header = handle.metadata() or {}
-                arrays = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+                arrays = {key: handle.get_tensor(key) for key in handle.keys()}
         except (SafetensorError, OSError, ValueError) as exc:
             raise PayloadError(f"payload file {path} is not a readable safetensors file: {exc}") from exc
         if META_KEY not in header:
@@ -247,9 +247,11 @@ def _validate_tensors(payload: CondensedPayload, spec: PayloadSpec) -> None:
     if not bool(torch.isfinite(images).all()):
         raise PayloadError("images: contain NaN or infinite values")
     if float(images.min()) < 0.0 or float(images.max()) > 1.0:
-        raise PayloadError(f"images: values must lie in [0, 1], found [{float(images.min()):.3g}, {float(images.max()):.3g}]")
+        low, high = float(images.min()), float(images.max())
+        raise PayloadError(f"images: values must lie in [0, 1], found [{low:.3g}, {high:.3g}]")
     if int(labels.min()) < 0 or int(labels.max()) >= spec.num_classes:
-        raise PayloadError(f"labels: values must be in 0..{spec.num_classes - 1}, found {int(labels.min())}..{int(labels.max())}")
+        low, high = int(labels.min()), int(labels.max())
+        raise PayloadError(f"labels: values must be in 0..{spec.num_classes - 1}, found {low}..{high}")
 
 
 def _validate_counts(payload: CondensedPayload) -> None:

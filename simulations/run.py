@@ -37,7 +37,7 @@ COLUMNS = ("job", "overrides", "status", "nodes", "accepted", "rejected", "epsil
            "student_accuracy", "federated_eval_mean", "seconds")
 
 
-def simulate(cfg: CondexConfig, out_dir: Path) -> dict[str, Any]:
+def simulate(cfg: CondexConfig, out_dir: Path, command: str = "python -m simulations.run") -> dict[str, Any]:
     """Run one federated job in Flower's simulation runtime (Ray) and return its report."""
     from flwr.simulation import run_simulation
 
@@ -46,6 +46,7 @@ def simulate(cfg: CondexConfig, out_dir: Path) -> dict[str, Any]:
 
     overrides = {k: v for k, v in to_flat(cfg).items() if v is not None and not isinstance(v, list)}
     overrides["output-dir"] = str(out_dir)
+    os.environ["CONDEX_COMMAND"] = command
     cpus = max(1, cfg.federation.sim_client_cpus)
     try:
         run_simulation(
@@ -127,7 +128,7 @@ def main(composed: DictConfig) -> None:
     job_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode is not None and hc.mode.name == "MULTIRUN"
     sweep_dir = Path(hc.sweep.dir) if multirun else job_dir
-    report = simulate(cfg, job_dir)
+    report = simulate(cfg, job_dir, " ".join(["python -m simulations.run", *hc.overrides.task]))
     row = result_row(str(hc.job.get("num", 0)), list(hc.overrides.task), report)
     table = append_result(sweep_dir, row)
     print(f"[condex] job {row['job']}: {row['status']}; results table {table}", flush=True)

@@ -33,6 +33,12 @@ def site(fmnist_train: LabeledImages) -> LabeledImages:
     return fmnist_train.subset(few_shot_indices(fmnist_train.labels.numpy(), 40, seed=2))
 
 
+@pytest.fixture(scope="module")
+def small_site(site: LabeledImages) -> LabeledImages:
+    """Three classes: gradient matching loops over classes with a double backward each, so keep it short."""
+    return site.subset(np.flatnonzero(site.labels.numpy() < 3))
+
+
 def config(method: str, **changes: object) -> CondenseConfig:
     gm_only = {} if "gm" in method else {"outer_loop": 0, "inner_loop": 0}
     return CondenseConfig(method=method, ipc=2, **{**SMALL, **gm_only, **SETTINGS[method], **changes})
@@ -42,22 +48,25 @@ def test_registry_lists_every_method() -> None:
     assert condenser_names() == ["dm", "dp-dm", "dp-gm", "gm", "real"]
     with pytest.raises(UnknownNameError, match="dm, dp-dm"):
         get_condenser("mtt")
-    with pytest.raises(ConfigError, match="condense.method"):
+    with pytest.raises(ConfigError, match=r"condense\.method"):
         CondenseConfig(method="mtt").validate()
 
 
 @pytest.mark.parametrize("method", sorted(SETTINGS))
-def test_method_output_and_determinism(site: LabeledImages, method: str) -> None:
-    first = condense(site, config(method), progress=False)
-    again = condense(site, config(method), progress=False)
-    other = condense(site, config(method, seed=1), progress=False)
-    assert first.images.shape == (20, 1, 28, 28) and first.images.dtype == torch.float32
-    assert first.class_counts() == [2] * 10
+def test_method_output_and_determinism(site: LabeledImages, small_site: LabeledImages, method: str) -> None:
+    data, classes = (small_site, 3) if "gm" in method else (site, 10)
+    changes = {"iterations": 1} if "gm" in method else {}
+    first = condense(data, config(method, **changes), progress=False)
+    again = condense(data, config(method, **changes), progress=False)
+    other = condense(data, config(method, seed=1, **changes), progress=False)
+    assert first.images.shape == (2 * classes, 1, 28, 28) and first.images.dtype == torch.float32
+    assert first.class_counts() == [2] * classes + [0] * (10 - classes)
     assert float(first.images.min()) >= 0.0 and float(first.images.max()) <= 1.0
     assert torch.equal(first.images, again.images) and torch.equal(first.labels, again.labels)
     assert not torch.equal(first.images, other.images)
     meta = first.meta
-    assert (meta.method, meta.ipc, meta.local_class_counts, meta.image_shape) == (method, 2, [40] * 10, (1, 28, 28))
+    local = [40] * classes + [0] * (10 - classes)
+    assert (meta.method, meta.ipc, meta.local_class_counts, meta.image_shape) == (method, 2, local, (1, 28, 28))
     assert (meta.epsilon is not None) == method.startswith("dp-")
     validate_payload(CondensedPayload.from_arrays(first.to_arrays(), first.wire_meta()), SPEC)
 
@@ -71,18 +80,19 @@ def test_real_returns_actual_training_images(site: LabeledImages) -> None:
         assert bool(match.any()) and int(site.labels[match][0]) == int(label)
 
 
-@pytest.mark.parametrize("method", ["dm", "dp-dm"])
-def test_distribution_matching_loss_decreases(site: LabeledImages, method: str) -> None:
-    cfg = config(method, iterations=30, init="noise", batch_real=16, model_width=16, dsa=False, lr_img=5.0)
+@pytest.mark.parametrize("method,sigma", [("dm", None), ("dp-dm", 0.3)])
+def test_distribution_matching_loss_decreases(site: LabeledImages, method: str, sigma: float | None) -> None:
+    cfg = config(method, iterations=20, init="noise", batch_real=16, model_width=16, dsa=False, lr_img=5.0,
+                 noise_multiplier=sigma)
     losses = condense(site, cfg, progress=False).extra["losses"]
-    assert len(losses) == 30
-    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+    assert len(losses) == 20
+    assert np.mean(losses[-4:]) < 0.8 * np.mean(losses[:4])
 
 
-def test_gradient_matching_loss_decreases(site: LabeledImages) -> None:
-    cfg = config("gm", iterations=6, outer_loop=4, inner_loop=1, init="noise", batch_real=16, model_width=8,
+def test_gradient_matching_loss_decreases(small_site: LabeledImages) -> None:
+    cfg = config("gm", iterations=4, outer_loop=3, inner_loop=1, init="noise", batch_real=16, model_width=8,
                  dsa=False, lr_img=1.0)
-    losses = condense(site, cfg, progress=False).extra["losses"]
+    losses = condense(small_site, cfg, progress=False).extra["losses"]
     assert np.mean(losses[-2:]) < np.mean(losses[:2])
 
 

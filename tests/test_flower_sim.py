@@ -31,6 +31,8 @@ from shared.errors import ConfigError
 from shared.models import build_model
 from shared.train import train_classifier
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 # ---- shared helpers (also used by tests/test_deploy.py) ------------------------------------------------
 def tiny_teacher(directory: Path, train: LabeledImages) -> Path:
@@ -125,6 +127,14 @@ def malformed_client() -> ClientApp:
         return real(msg, context)
 
     return app
+
+
+@pytest.fixture(autouse=True)
+def _flower_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flower's state and config (FLWR_HOME) go to the test's temporary directory, never ~/.flwr."""
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr-home"))
+    monkeypatch.setenv("FLWR_TELEMETRY_ENABLED", "0")
+    monkeypatch.setenv("FLWR_DISABLE_UPDATE_CHECK", "1")
 
 
 @pytest.fixture(scope="module")
@@ -227,3 +237,29 @@ def test_sweep_results_table_collects_one_row_per_job(tmp_path: Path) -> None:
     assert "| 0 | data.alpha=0.1 | completed | 3 | 2 | 1 | 4.5 | 0.9 | 0.8 | 0.75 | 12 |" in text
     assert "| 1 | data.alpha=1.0 | failed |" in text
     assert len((tmp_path / RESULTS_JSONL).read_text().splitlines()) == 2
+
+
+@pytest.mark.slow
+def test_flwr_run_simulation_with_three_supernodes(teacher: Path, tmp_path: Path) -> None:
+    """What users type: `flwr run <app> <connection> --federation-config num-supernodes=3` against a
+    SuperLink in simulation mode (the app travels as a FAB; the run config carries the overrides)."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("localfed", ROOT / "scripts" / "deploy" / "localfed.py")
+    assert spec is not None and spec.loader is not None
+    localfed = importlib.util.module_from_spec(spec)
+    sys.modules["localfed"] = localfed
+    spec.loader.exec_module(localfed)
+    port = localfed.free_port()
+    superlink = localfed.start_simulation_superlink(tmp_path, port)
+    try:
+        overrides = tiny_overrides(teacher, tmp_path / "out") | {"federation.min-nodes": 3}
+        output = localfed.run_simulation_app(tmp_path, port, 3, overrides, timeout=900)
+    finally:
+        superlink.stop()
+    saved = read_report(tmp_path / "out")
+    assert saved["status"] == "completed", f"{saved['error']}\n{output[-3000:]}"
+    assert saved["nodes"] == 3 and saved["payloads_accepted"] == 3
+    assert saved["command"].startswith("flwr run . --run-config") and "condense.ipc=2" in saved["command"]
+    assert "[condex] report:" in output  # the ServerApp's log is streamed back to the CLI

@@ -184,7 +184,8 @@ def test_generated_valid_payloads_round_trip_and_pass(per_class: list[int], seed
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(per_class=per_class_counts, seed=st.integers(0, 2**16), kind=st.sampled_from(KINDS),
        bad_value=st.sampled_from([math.nan, math.inf, -math.inf, -0.01, 1.01, 255.0]))
-def test_generated_malformed_payloads_are_rejected(per_class: list[int], seed: int, kind: str, bad_value: float) -> None:
+def test_generated_malformed_payloads_are_rejected(per_class: list[int], seed: int, kind: str,
+                                                   bad_value: float) -> None:
     payload = make_payload(per_class, ipc=4, seed=seed)
     bad, spec, _ = _corrupt(payload, kind)
     with pytest.raises(PayloadError):

@@ -139,7 +139,8 @@ def synthetic_groups(local: LocalData, ipc: int) -> torch.Tensor:
     return torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts)).to(local.device)
 
 
-def init_synthetic(local: LocalData, cfg: CondenseConfig, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def init_synthetic(local: LocalData, cfg: CondenseConfig,
+                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Initial synthetic images (normalised) and their group ids: random real images or Gaussian noise."""
     groups = synthetic_groups(local, cfg.ipc)
     if cfg.resolved_init == "real":
@@ -196,7 +197,8 @@ class TimeBudget:
         return self.seconds > 0 and time.perf_counter() - self.start >= self.seconds
 
 
-def make_payload(method: str, local: LocalData, cfg: CondenseConfig, result: Synthesis, seconds: float) -> CondensedPayload:
+def make_payload(method: str, local: LocalData, cfg: CondenseConfig, result: Synthesis,
+                 seconds: float) -> CondensedPayload:
     """Pixel-space float32 images + metadata; images are clamped to [0, 1] (they already are, up to rounding)."""
     from shared.data import denormalize
 

@@ -123,7 +123,8 @@ def summary(payload: CondensedPayload, path: Path, png: Path) -> str:
         f"from {sum(meta.local_class_counts)} local images in {meta.wall_time_s:.1f} s ({meta.iterations} iterations)",
     ]
     if meta.epsilon is not None:
-        lines.append(f"privacy: ({meta.epsilon:.3g}, {meta.delta:g})-DP, {meta.accountant} accountant, noise multiplier "
+        lines.append(f"privacy: ({meta.epsilon:.3g}, {meta.delta:g})-DP, {meta.accountant} accountant, "
+                     f"noise multiplier "
                      f"{meta.noise_multiplier:.4g}, sample rate {meta.sample_rate:.4g}, {meta.dp_steps} steps, "
                      f"clip {meta.clip:g}")
     lines.append(f"payload: {path}  grid: {png}")

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from opacus import GradSampleModule
 
 from client.condense.base import LocalData, PrivacyReport, condensers
-from client.condense.gm import Gradients, GradientMatching
+from client.condense.gm import GradientMatching, Gradients
 from shared.augment.dsa import AugmentParams, SiameseAugment
 from shared.config.condense import CondenseConfig
 from shared.privacy import PrivacyPlan, clip_rows, plan_privacy, poisson_mask

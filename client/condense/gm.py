@@ -107,7 +107,8 @@ class GradientMatching(Condenser):
                 syn.copy_(clamp_to_pixels(syn, local.info))
             total += float(loss.detach()) / outer
             if step < outer - 1:
-                _train_on_synthetic(net, net_optimizer, syn.detach(), labels, inner, cfg.batch_train, augment, generator)
+                _train_on_synthetic(net, net_optimizer, syn.detach(), labels, inner, cfg.batch_train, augment,
+                                    generator)
         return total
 
     # --- hooks the DP variant overrides ---

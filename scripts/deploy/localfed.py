@@ -144,17 +144,26 @@ def start_superlink(workdir: Path, certs: SuperLinkCerts, port: int) -> Proc:
 
 def write_connection(fed: Federation) -> Path:
     """The ``flwr`` CLI's Flower configuration: one SuperLink connection over TLS, trusting our CA."""
-    fed.cli_home.mkdir(parents=True, exist_ok=True)
-    path = fed.cli_home / "config.toml"
-    path.write_text(
-        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "{fed.address}"\n'
-        f'root-certificates = "{fed.certs.ca_cert}"\n', encoding="utf-8")
+    return write_flower_config(fed.cli_home, CONNECTION, fed.address, ca_cert=fed.certs.ca_cert)
+
+
+def write_flower_config(flwr_home: Path, name: str, address: str, ca_cert: Path | None = None) -> Path:
+    """``$FLWR_HOME/config.toml`` with one SuperLink connection (TLS with ``ca_cert``, else insecure)."""
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    security = f'root-certificates = "{ca_cert}"\n' if ca_cert else "insecure = true\n"
+    path = flwr_home / "config.toml"
+    path.write_text(f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\naddress = "{address}"\n{security}',
+                    encoding="utf-8")
     return path
 
 
 def flwr_cli(fed: Federation, args: Sequence[str], timeout: float, cwd: Path | None = None) -> str:
     """Run a ``flwr`` CLI command against the federation; raise with its output when it fails."""
-    result = subprocess.run(["flwr", *args], cwd=cwd or fed.workdir, env=flower_env(fed.cli_home), timeout=timeout,
+    return run_flwr(fed.cli_home, args, timeout, cwd or fed.workdir)
+
+
+def run_flwr(flwr_home: Path, args: Sequence[str], timeout: float, cwd: Path) -> str:
+    result = subprocess.run(["flwr", *args], cwd=cwd, env=flower_env(flwr_home), timeout=timeout,
                             capture_output=True, text=True, stdin=subprocess.DEVNULL)
     if result.returncode != 0:
         raise RuntimeError(f"flwr {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
@@ -183,9 +192,33 @@ def start_supernode(fed: Federation, keys: SuperNodeKeys, node_config: Mapping[s
 def run_app(fed: Federation, run_config: Mapping[str, object], timeout: float, app_dir: Path | None = None) -> str:
     """Submit the condex app (``flwr run``) to the federation and stream its logs until the run ends."""
     app_dir = app_dir or PROJECT_ROOT
+    return run_flwr(fed.cli_home, ["run", str(app_dir), CONNECTION, "--stream", *_run_config_args(run_config)],
+                    timeout, app_dir)
+
+
+def _run_config_args(run_config: Mapping[str, object]) -> list[str]:
     overrides = " ".join(f"{k}={_toml(v)}" for k, v in run_config.items())
-    args = ["run", str(app_dir), CONNECTION, "--stream"] + (["--run-config", overrides] if overrides else [])
-    return flwr_cli(fed, args, timeout=timeout, cwd=app_dir)
+    return ["--run-config", overrides] if overrides else []
+
+
+def start_simulation_superlink(workdir: Path, port: int) -> Proc:
+    """A SuperLink in simulation mode (what ``flwr run`` starts for the ``local`` connection), on our port."""
+    args = ["flower-superlink", "--insecure", "--simulation", "--host", HOST, "--port", str(port),
+            "--database", str(workdir / "simulation-state.db"), "--disable-runtime-dependency-installation"]
+    proc = _spawn("superlink-simulation", args, workdir, workdir / "flwr-superlink-simulation")
+    wait_for_log(proc, r"Uvicorn running on http://", timeout=60)
+    return proc
+
+
+def run_simulation_app(workdir: Path, port: int, num_supernodes: int, run_config: Mapping[str, object],
+                       timeout: float, app_dir: Path | None = None) -> str:
+    """``flwr run <app> --federation-config num-supernodes=N`` against a simulation SuperLink."""
+    app_dir = app_dir or PROJECT_ROOT
+    home = workdir / "flwr-cli-simulation"
+    write_flower_config(home, "simulation", f"{HOST}:{port}")
+    args = ["run", str(app_dir), "simulation", "--stream", "--federation-config", f"num-supernodes={num_supernodes}",
+            *_run_config_args(run_config)]
+    return run_flwr(home, args, timeout, app_dir)
 
 
 def _toml(value: object) -> str:

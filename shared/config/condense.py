@@ -76,7 +76,8 @@ class CondenseConfig:
         from shared.privacy import accountant_names
 
         if self.method not in condenser_names():
-            raise ConfigError(f"condense.method={self.method!r} is unknown; choose one of {', '.join(condenser_names())}")
+            known = ", ".join(condenser_names())
+            raise ConfigError(f"condense.method={self.method!r} is unknown; choose one of {known}")
         if self.init not in INITS:
             raise ConfigError(f"condense.init={self.init!r} must be one of {', '.join(INITS)}")
         if self.wire_dtype not in WIRE_DTYPES:
@@ -117,7 +118,8 @@ class CondenseConfig:
             raise ConfigError(f"condense.method={self.method} needs condense.epsilon (or condense.noise_multiplier)")
         if self.epsilon is not None and not (math.isfinite(self.epsilon) and self.epsilon > 0):
             raise ConfigError(f"condense.epsilon={self.epsilon!r} must be a finite number > 0")
-        if self.noise_multiplier is not None and not (math.isfinite(self.noise_multiplier) and self.noise_multiplier > 0):
+        sigma = self.noise_multiplier
+        if sigma is not None and not (math.isfinite(sigma) and sigma > 0):
             raise ConfigError(f"condense.noise_multiplier={self.noise_multiplier!r} must be a finite number > 0")
         if not 0.0 < self.delta < 1.0:
             raise ConfigError(f"condense.delta={self.delta} must be in (0, 1)")

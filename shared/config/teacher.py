@@ -1,7 +1,7 @@
 """How the server's teacher is found (``checkpoint``) and how ``condex teacher train`` trains one.
 
-The training defaults are the CPU default Fashion-MNIST teacher (VGG-11 with BatchNorm, width 16): fast
-on CPU, BatchNorm after every convolution for DeepInversion's statistics loss. ``arch_kwargs`` is a flat
+The training defaults are the CPU default Fashion-MNIST teacher (VGG-11 with BatchNorm, width 8, see
+docs/teacher.md): fast on CPU, BatchNorm after every convolution for DeepInversion's statistics loss. ``arch_kwargs`` is a flat
 ``key=value,key=value`` string so the section stays flat for Flower's run config."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from shared.errors import ConfigError
 class TeacherConfig:
     checkpoint: str = "assets/teachers/fashion_mnist"
     arch: str = "vgg11"
-    arch_kwargs: str = "width=16"
+    arch_kwargs: str = "width=8"
     epochs: int = 15
     batch_size: int = 128
     lr: float = 0.1

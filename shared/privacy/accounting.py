@@ -86,7 +86,8 @@ def make_accountant(name: str = "rdp") -> Accountant:
     return accountants.get(name)()
 
 
-def epsilon_for(noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str = "rdp") -> float:
+def epsilon_for(noise_multiplier: float, sample_rate: float, steps: int, delta: float,
+                accountant: str = "rdp") -> float:
     """Epsilon after ``steps`` releases of one subsampled Gaussian mechanism."""
     acc = make_accountant(accountant)
     acc.step(noise_multiplier, sample_rate, steps)
