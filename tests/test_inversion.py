@@ -77,6 +77,17 @@ def test_generator_shape_and_range(channels: int, size: int) -> None:
     torch.testing.assert_close(to_pixels(out, mean, std), pixels)
 
 
+def test_conditional_generator_uses_labels() -> None:
+    gen = Generator(latent_dim=16, channels=1, image_size=28, mean=MEAN, std=STD, width=8, num_classes=10).eval()
+    z = gen.sample_latent(2)
+    a = gen(z, torch.tensor([0, 0]))
+    b = gen(z, torch.tensor([0, 1]))
+    assert a.shape == (2, 1, 28, 28)
+    assert torch.equal(a[0], b[0]) and not torch.equal(a[1], b[1])
+    with pytest.raises(ValueError, match="labels"):
+        gen(z)
+
+
 def test_generator_rejects_bad_stats() -> None:
     with pytest.raises(ConfigError, match="mean/std"):
         Generator(channels=3, mean=(0.5,), std=(0.2,))

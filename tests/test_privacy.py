@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 from opacus.accountants import RDPAccountant
@@ -123,7 +124,9 @@ def test_dp_dm_noise_matches_the_calibrated_multiplier(site: LabeledImages, monk
 
 @pytest.mark.parametrize("method", ["dp-dm", "dp-gm"])
 def test_reported_epsilon_equals_independent_opacus_computation(site: LabeledImages, method: str) -> None:
-    extra = {"outer_loop": 2, "inner_loop": 1, "iterations": 2} if method == "dp-gm" else {}
+    if method == "dp-gm":  # two classes keep the per-class double backward affordable
+        site = site.subset(np.flatnonzero(site.labels.numpy() < 2))
+    extra = {"outer_loop": 2, "inner_loop": 1, "iterations": 2, "sample_rate": 0.04} if method == "dp-gm" else {}
     cfg = CondenseConfig(method=method, ipc=1, epsilon=2.0, **{**TINY, **extra})
     meta = condense(site, cfg, progress=False).meta
     releases = cfg.iterations * (2 if method == "dp-gm" else 1)
@@ -134,12 +137,12 @@ def test_reported_epsilon_equals_independent_opacus_computation(site: LabeledIma
 
 
 def test_sequential_class_composition_charges_every_class(site: LabeledImages) -> None:
-    base = {"method": "dp-dm", "ipc": 1, "noise_multiplier": 2.0, **TINY}
+    base = {"method": "dp-dm", "ipc": 1, "noise_multiplier": 2.0, **TINY, "iterations": 2}
     parallel = condense(site, CondenseConfig(**base), progress=False).meta
     sequential = condense(site, CondenseConfig(**base, class_composition="sequential"), progress=False).meta
     assert sequential.dp_steps == 10 * parallel.dp_steps
     assert sequential.epsilon > parallel.epsilon
-    assert parallel.epsilon == pytest.approx(opacus_epsilon(2.0, parallel.sample_rate, TINY["iterations"], 1e-5))
+    assert parallel.epsilon == pytest.approx(opacus_epsilon(2.0, parallel.sample_rate, 2, 1e-5))
 
 
 def test_per_sample_gradients_are_clipped(site: LabeledImages) -> None:

@@ -163,6 +163,12 @@ def test_random_crop_shifts_within_padding() -> None:
     cropped = random_crop(pixels, padding=1, generator=torch.Generator().manual_seed(0))
     rows, cols = (cropped[:, 0] == 1).nonzero()[:, 1], (cropped[:, 0] == 1).nonzero()[:, 2]
     assert cropped.sum() == 64 and set(rows.tolist()) == {2, 3, 4} and set(cols.tolist()) == {2, 3, 4}
+    # Each colour image is one window of the zero-padded image, the same window for all channels.
+    colour = torch.rand(16, 3, 8, 8)
+    cropped = random_crop(colour, padding=2)
+    padded = torch.nn.functional.pad(colour, (2, 2, 2, 2))
+    for image, window in zip(padded, cropped, strict=True):
+        assert any(torch.equal(image[:, i:i + 8, j:j + 8], window) for i in range(5) for j in range(5))
 
 
 def test_committed_default_teacher_matches_its_card() -> None:

@@ -115,7 +115,7 @@ class InversionMethod(ABC):
         """One optimisation step of ``generator`` (and of ``z`` if the optimiser holds it).
 
         Returns the images of this step (detached), their teacher logits and the loss terms."""
-        images = generator(z)
+        images = generator(z, targets)
         total, terms, t_logits = self.generator_loss(images, targets)
         optimizer.zero_grad(set_to_none=True)
         backward(total)

@@ -1,6 +1,7 @@
 """DCGAN-style image generator used by every generative model-inversion method.
 
-latent z (``latent_dim``) -> linear -> ``width*2`` feature maps at a quarter of the image size -> two
+latent z (``latent_dim``; with ``num_classes`` the code is z * embed(y), a class-conditional generator as in
+GDFQ, so the class -> image mapping is learnt once instead of re-found by every batch's latents) -> linear -> ``width*2`` feature maps at a quarter of the image size -> two
 nearest-upsampling conv blocks (BN + LeakyReLU) -> conv to ``channels`` -> sigmoid (pixel space [0, 1])
 -> the dataset normalisation, so the output is already in the teacher's input space."""
 
@@ -26,6 +27,7 @@ class Generator(nn.Module):
         mean: Sequence[float] = (0.0,),
         std: Sequence[float] = (1.0,),
         width: int = 64,
+        num_classes: int = 0,
     ) -> None:
         super().__init__()
         size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
@@ -34,6 +36,9 @@ class Generator(nn.Module):
         if len(mean) != channels or len(std) != channels:
             raise ConfigError(f"generator mean/std need {channels} values (one per channel), got {mean}, {std}")
         self.latent_dim = latent_dim
+        self.num_classes = num_classes
+        # Class-conditional code z * e_y (0 classes: unconditional, the label is ignored).
+        self.embed = nn.Embedding(num_classes, latent_dim) if num_classes > 0 else None
         self.channels = channels
         self.image_size: tuple[int, int] = (int(size[0]), int(size[1]))
         # Start at a quarter of the output size (rounded up); two x2 upsamplings reach it (then crop).
@@ -52,11 +57,17 @@ class Generator(nn.Module):
             nn.LeakyReLU(0.2, inplace=True),
             nn.Conv2d(width, channels, 3, padding=1),
         )
+        if self.embed is not None:
+            nn.init.normal_(self.embed.weight, mean=1.0, std=0.5)  # start near the unconditional code
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, channels, 1, 1))
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, channels, 1, 1))
 
-    def pixels(self, z: torch.Tensor) -> torch.Tensor:
-        """Images in pixel space [0, 1]."""
+    def pixels(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Images in pixel space [0, 1] (``labels`` are required by a class-conditional generator)."""
+        if self.embed is not None:
+            if labels is None:
+                raise ValueError("this generator is class-conditional: pass labels")
+            z = z * self.embed(labels)
         h = self.project(z).view(z.shape[0], self.width * 2, *self.init_size)
         out = torch.sigmoid(self.body(h))
         if out.shape[-2:] != self.image_size:  # sizes not divisible by 4: centre-crop the 4x map
@@ -65,9 +76,9 @@ class Generator(nn.Module):
             out = out[..., top : top + self.image_size[0], left : left + self.image_size[1]]
         return out
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Normalised images, ready for the teacher."""
-        return (self.pixels(z) - self.mean) / self.std
+        return (self.pixels(z, labels) - self.mean) / self.std
 
     def sample_latent(self, n: int, device: torch.device | str | None = None) -> torch.Tensor:
         return torch.randn(n, self.latent_dim, device=device or self.mean.device)

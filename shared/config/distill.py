@@ -29,13 +29,14 @@ class DistillConfig:
     # Generator and synthesis.
     latent_dim: int = 256
     generator_width: int = 32
+    conditional_generator: bool = True  # z * embed(y): learns class -> image once (cheap on CPU)
     synthesis_batch_size: int = 64
     g_steps: int = 2  # generator (or fast-generator) steps per synthesised batch
     lr_generator: float = 2e-3
     lr_latent: float = 0.01  # fast: learning rate of the per-batch latent codes
     warmup_epochs: int = 10  # adversarial term off during warm-up
-    bn_weight: float = 10.0
-    oh_weight: float = 0.5
+    bn_weight: float = 1.0
+    oh_weight: float = 1.0
     adv_weight: float = 1.0
     # Condensed-guided feature alignment (used in mode mi*).
     fa_weight: float = 1.0
@@ -64,6 +65,23 @@ class DistillConfig:
     eval_samples: int = 10000  # test images used for the periodic accuracy (final eval uses all)
     checkpoint_every: int = 50  # epochs between resumable checkpoints (0 = only at the end)
     grid_every: int = 100  # epochs between PNG grids of synthetic vs condensed images (0 = only at the end)
+    # Engine breadth (issue 6; docs/engine-breadth.md). base=cmi: contrastive model inversion.
+    cmi_weight: float = 0.5  # weight of the InfoNCE term in the generator loss
+    cmi_bank_size: int = 4096  # memory bank of earlier embeddings (negatives), FIFO
+    cmi_temperature: float = 0.1  # InfoNCE temperature
+    cmi_head_dim: int = 128  # output size of the MLP head over per-BN-layer instance means
+    cmi_reset_generator: bool = False  # re-initialise the generator every batch (Fang et al.; needs many g_steps)
+    # replay=generative (PRE-DFKD-style VAE memory instead of a growing pool).
+    vae_latent_dim: int = 32
+    vae_width: int = 16
+    vae_steps: int = 2  # VAE steps per synthetic batch (on the new batch + as many of its own replays)
+    vae_lr: float = 1e-3
+    vae_replay_fraction: float = 0.5  # share of the synthetic part of a KD batch decoded by the VAE
+    # sampler=ssd (SSD-KD-style modulating function + priority sampling).
+    ssd_difficulty_power: float = 1.0  # class weight ~ difficulty^p (teacher-student KD loss)
+    ssd_diversity_power: float = 1.0  # class weight ~ (1 / diversity)^p (spread of teacher logits)
+    ssd_priority_power: float = 0.6  # within a class, P(sample) ~ (its last KD loss)^p
+    ssd_uniform_mix: float = 0.1  # share of uniform class weight mixed in, so no class starves
 
     def validate(self) -> None:
         _choice("mode", self.mode, MODES)
@@ -88,6 +106,18 @@ class DistillConfig:
                 raise ConfigError(f"distill.{name}={getattr(self, name)!r} must be >= 0")
         if self.epochs == 0 and self.budget_seconds == 0:
             raise ConfigError("distill.epochs and distill.budget_seconds are both 0 (no limit); set one of them")
+        for name in ("cmi_bank_size", "cmi_head_dim", "vae_latent_dim", "vae_width", "vae_steps"):
+            _at_least(name, getattr(self, name), 1)
+        for name, low, high in (("cmi_weight", 0, None), ("cmi_temperature", None, None), ("vae_lr", None, None),
+                                ("vae_replay_fraction", 0, 1), ("ssd_difficulty_power", 0, None),
+                                ("ssd_diversity_power", 0, None), ("ssd_priority_power", 0, None),
+                                ("ssd_uniform_mix", 0, 1)):
+            value = getattr(self, name)
+            if not (value >= low if low is not None else value > 0) or (high is not None and value > high):
+                bounds = f">= {low}" if low is not None else "> 0"
+                raise ConfigError(f"distill.{name}={value!r} must be {bounds}" + (f" and <= {high}" if high else ""))
+        if not isinstance(self.cmi_reset_generator, bool):
+            raise ConfigError(f"distill.cmi_reset_generator={self.cmi_reset_generator!r} must be true or false")
         if self.mode == "mi*" and self.fa_weight == 0:
             raise ConfigError("distill.fa_weight=0 turns mode mi* into mi+cs; use mode=mi+cs or a positive weight")
         from shared.augment.diffaugment import parse_policy

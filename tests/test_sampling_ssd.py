@@ -1,0 +1,140 @@
+"""SSD-KD-style sampling (``sampler=ssd``): modulating function, priority sampling, slot reuse, and a real
+distillation run (tiny ResNet-8 teacher fitted on 1000 real FMNIST images, LeNet-5-half student)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from server.distill import CondensedSet, Distiller
+from server.pool import SamplePool, samplers
+from server.sampling_ssd import SSDSampler, class_difficulty, class_diversity, modulating_weights
+from shared.checkpoint import card_for_dataset
+from shared.config.distill import DistillConfig
+from shared.data import load_dataset
+from shared.device import torch_threads
+from shared.models import build_model
+from shared.train import train_classifier
+
+C = 4  # classes of the constructed examples
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    with torch_threads(1):
+        yield
+
+
+def _spread_logits(labels: torch.Tensor, spread: list[float], seed: int = 0) -> torch.Tensor:
+    """Teacher-like logits: the label's logit is high, plus per-class noise of the given spread."""
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(len(labels), C, generator=gen) * torch.tensor(spread)[labels].unsqueeze(1)
+    logits[torch.arange(len(labels)), labels] += 5.0
+    return logits
+
+
+def _pool(per_class: int = 20, spread: list[float] | None = None, cap: int = 1000) -> SamplePool:
+    labels = torch.arange(C).repeat_interleave(per_class)
+    logits = _spread_logits(labels, spread or [1.0] * C)
+    pool = SamplePool(cap=cap, policy="oldest", sampler="ssd")
+    pool.add(torch.zeros(len(labels), 1, 2, 2), labels, logits)
+    return pool
+
+
+def test_registered_and_configurable() -> None:
+    assert samplers.get("ssd") is SSDSampler
+    custom = SSDSampler(DistillConfig(ssd_priority_power=0.0, ssd_uniform_mix=1.0))
+    assert custom.priority_power == 0.0 and custom.uniform_mix == 1.0
+
+
+def test_weights_sum_to_one_and_favour_hard_classes() -> None:
+    difficulty = torch.tensor([1.0, 1.0, 4.0, 1.0])
+    diversity = torch.ones(C)
+    present = torch.ones(C, dtype=torch.bool)
+    w = modulating_weights(difficulty, diversity, present, 1.0, 1.0, 0.1)
+    assert float(w.sum()) == pytest.approx(1.0, abs=1e-6)
+    assert int(w.argmax()) == 2 and float(w[2]) > 2 * float(w[0])
+    # no modulation at all -> uniform; absent classes get nothing
+    flat = modulating_weights(difficulty, diversity, present, 0.0, 0.0, 0.0)
+    torch.testing.assert_close(flat, torch.full((C,), 0.25))
+    absent = modulating_weights(difficulty, diversity, torch.tensor([True, True, False, True]), 1.0, 1.0, 0.1)
+    assert float(absent[2]) == 0.0 and float(absent.sum()) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_collapsed_classes_have_low_diversity_and_more_weight() -> None:
+    labels = torch.arange(C).repeat_interleave(30)
+    logits = _spread_logits(labels, [1.0, 1.0, 1.0, 0.0])  # class 3: every sample has the same logits
+    diversity = class_diversity(labels, logits, C)
+    assert float(diversity[3]) < 1e-6 < float(diversity[:3].min())
+    w = modulating_weights(torch.ones(C), diversity, torch.ones(C, dtype=torch.bool), 1.0, 0.5, 0.1)
+    assert int(w.argmax()) == 3
+
+
+def test_class_difficulty_uses_visited_samples_and_defaults_unknown_to_hardest() -> None:
+    labels = torch.tensor([0, 0, 1, 1, 2])
+    priority = torch.tensor([1.0, 3.0, 0.5, 99.0, 0.0])
+    visited = torch.tensor([True, True, True, False, False])
+    torch.testing.assert_close(class_difficulty(labels, priority, visited, 3), torch.tensor([2.0, 0.5, 2.0]))
+
+
+def test_priority_sampling_follows_kd_losses() -> None:
+    torch.manual_seed(0)
+    pool = _pool()
+    sampler = pool.sampler
+    assert isinstance(sampler, SSDSampler)
+    first = pool.sample(64)  # all unvisited: equal priorities
+    labels = pool.labels[: pool.size]
+    # feed back: class 2 is hard for the student, the others are easy
+    everything = torch.arange(len(pool))
+    pool.feedback(everything, torch.where(labels == 2, 3.0, 0.1))
+    probs = sampler.sample_probabilities(*sampler._pool_view(pool))
+    assert float(probs.sum()) == pytest.approx(1.0, abs=1e-5)
+    assert float(sampler.last_weights.sum()) == pytest.approx(1.0, abs=1e-5)
+    assert int(sampler.last_weights.argmax()) == 2
+    drawn = labels[pool.sample(4000).indices]
+    share = torch.bincount(drawn, minlength=C).float() / len(drawn)
+    assert float(share[2]) > 0.5 and float(share[2]) > 3 * float(share[0])
+    assert first.images.shape[0] == 64
+
+
+def test_overwritten_slots_are_revisited() -> None:
+    pool = _pool(per_class=5, cap=20)
+    sampler = pool.sampler
+    assert isinstance(sampler, SSDSampler)
+    pool.sample(8)
+    pool.feedback(torch.arange(20), torch.full((20,), 0.5))
+    assert bool(sampler.visited.all())
+    labels = torch.zeros(5, dtype=torch.long)
+    pool.add(torch.ones(5, 1, 2, 2), labels, _spread_logits(labels, [1.0] * C, seed=9))  # oldest-out: slots 0..4
+    pool.sample(8)
+    assert not bool(sampler.visited[:5].any()) and bool(sampler.visited[5:].all())
+
+
+def test_state_round_trip() -> None:
+    pool = _pool(per_class=5)
+    pool.sample(8)
+    pool.feedback(torch.arange(10), torch.linspace(0, 1, 10))
+    fresh = SSDSampler()
+    fresh.load_state_dict(pool.sampler.state_dict())
+    torch.testing.assert_close(fresh.priority, pool.sampler.priority)
+    assert torch.equal(fresh.visited, pool.sampler.visited)
+
+
+def test_distillation_loop_runs_with_ssd_sampling(tmp_path) -> None:
+    train, test = load_dataset("fashion_mnist", "train"), load_dataset("fashion_mnist", "test").subset(range(300))
+    torch.manual_seed(0)
+    teacher = build_model("resnet8", 10, 1, 28, width=4)
+    train_classifier(teacher, train.subset(range(1000)), None, epochs=1, batch_size=50, lr=0.05, progress=False)
+    card = card_for_dataset(train.info, "resnet8", {"width": 4}, role="teacher")
+    cfg = DistillConfig(epochs=3, synthesis_batch_size=16, generator_width=8, kd_batch_size=32, kd_steps=3,
+                        condensed_batch_size=16, discriminator_hidden=16, warmup_epochs=1, eval_every_seconds=0.0,
+                        checkpoint_every=0, grid_every=0, sampler="ssd", pool_cap=24)
+    distiller = Distiller(cfg, teacher.eval(), card, CondensedSet.from_real(train, 3), test, tmp_path, seed=0,
+                          progress=False)
+    result = distiller.fit()
+    sampler = distiller.pool.sampler
+    assert isinstance(sampler, SSDSampler)
+    assert result.pool_size == 30 + 24  # condensed + capped synthetic store
+    assert int(sampler.visited.sum()) > 0 and bool(torch.isfinite(sampler.priority).all())
+    assert float(sampler.last_weights.sum()) == pytest.approx(1.0, abs=1e-5)
+    assert result.accuracy is not None
