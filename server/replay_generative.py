@@ -93,7 +93,6 @@ class GenerativeReplay:
         self.fresh: Condensed | None = None  # the latest synthetic batch
         self.seen = 0  # synthetic samples ever added
         self.vae_steps_done = 0
-        self.last_vae_loss = math.nan
 
     @property
     def num_condensed(self) -> int:
@@ -125,7 +124,6 @@ class GenerativeReplay:
             loss.backward()
             self.optimizer.step()
             self.vae_steps_done += 1
-            self.last_vae_loss = float(loss.detach())
         self.seen += int(images.shape[0])
 
     # -- KD batches -----------------------------------------------------------------------------------

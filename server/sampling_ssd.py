@@ -94,7 +94,7 @@ class SSDSampler(Sampler):
         self.priority = torch.empty(0)  # per pool index: last KD loss
         self.visited = torch.empty(0, dtype=torch.bool)
         self.fingerprint = torch.empty(0)  # the teacher logits each index held when last seen
-        self.last_weights = torch.empty(0)  # class weights of the last draw (for logs and tests)
+        self.last_weights = torch.empty(0)  # class weights of the last draw (for inspection)
 
     # -- bookkeeping ----------------------------------------------------------------------------------
     def _pool_view(self, pool: SamplePool) -> tuple[torch.Tensor, torch.Tensor]:

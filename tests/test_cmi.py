@@ -183,3 +183,21 @@ def test_distillation_loop_runs_with_cmi(data, teacher, condensed, tmp_path, mod
     assert len(epochs) == 2 and all("cr" in r and r["bank"] == 12 * (i + 1) for i, r in enumerate(epochs))
     assert ("fa" in epochs[-1]) == (mode == "mi*")
     assert result.accuracy is not None
+
+
+def test_resume_reproduces_the_uninterrupted_run(data, teacher, condensed, tmp_path) -> None:
+    net, card = teacher
+
+    def run(path, epochs: int, resume: bool = False) -> list[tuple]:
+        cfg = DistillConfig(base="cmi", mode="mi*", epochs=epochs, synthesis_batch_size=12, generator_width=8,
+                            kd_batch_size=32, kd_steps=2, condensed_batch_size=16, discriminator_hidden=16,
+                            warmup_epochs=1, eval_every_seconds=1e9, checkpoint_every=0, grid_every=0,
+                            cmi_bank_size=20, cmi_head_dim=16, lr_schedule="constant")
+        distiller = Distiller(cfg, net, card, condensed, None, path, seed=3, progress=False)
+        distiller.fit(resume=resume)
+        return [(r["epoch"], r["kd_loss"], r["cr"], r["g_loss"]) for r in distiller.run.read_metrics()
+                if r["event"] == "epoch"]
+
+    full = run(tmp_path / "full", 4)
+    run(tmp_path / "part", 2)
+    assert run(tmp_path / "part", 4, resume=True) == full  # head, bank and optimiser are all restored

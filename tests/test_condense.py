@@ -3,6 +3,7 @@ non-IID sites, DSA and the ``condex condense`` command."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from client.condense.gm import matching_distance
 from shared.augment.dsa import SiameseAugment
 from shared.config.condense import CondenseConfig
 from shared.data import LabeledImages, few_shot_indices
+from shared.device import torch_threads
 from shared.errors import ConfigError, UnknownNameError
 from shared.payload import CondensedPayload, PayloadSpec, validate_payload
 
@@ -26,6 +28,13 @@ SETTINGS = {
     "dp-gm": {"noise_multiplier": 1.0, "lr_img": 0.1},
 }
 SPEC = PayloadSpec(num_classes=10, image_shape=(1, 28, 28), max_ipc=10)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """One intra-op thread: on a CPU shared with other jobs, two threads are several times slower here."""
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +67,7 @@ def test_method_output_and_determinism(site: LabeledImages, small_site: LabeledI
     changes = {"iterations": 1} if "gm" in method else {}
     first = condense(data, config(method, **changes), progress=False)
     again = condense(data, config(method, **changes), progress=False)
-    other = condense(data, config(method, seed=1, **changes, iterations=1), progress=False)
+    other = condense(data, config(method, **{**changes, "seed": 1, "iterations": 1}), progress=False)
     assert first.images.shape == (2 * classes, 1, 28, 28) and first.images.dtype == torch.float32
     assert first.class_counts() == [2] * classes + [0] * (10 - classes)
     assert float(first.images.min()) >= 0.0 and float(first.images.max()) <= 1.0

@@ -266,3 +266,26 @@ def test_flwr_run_simulation_with_three_supernodes(teacher: Path, tmp_path: Path
     assert saved["nodes"] == 3 and saved["payloads_accepted"] == 3
     assert saved["command"].startswith("flwr run . --run-config") and "condense.ipc=2" in saved["command"]
     assert "[condex] report:" in output  # the ServerApp's log is streamed back to the CLI
+
+
+def test_site_missing_the_last_classes_uses_the_teachers_class_ids(tmp_path: Path,
+                                                                   fmnist_train: LabeledImages) -> None:
+    """A deployment site whose folder holds only classes 0..6 still condenses into the federation's 10 classes
+    (a folder's class count is otherwise inferred from its largest label) and holds out part of its data."""
+    import numpy as np
+
+    from client.task import load_local_data
+    from shared.config import DataConfig
+    from shared.payload import PayloadSpec, validate_payload
+
+    keep = [i for i in range(2000) if int(fmnist_train.labels[i]) <= 6][:300]
+    part = fmnist_train.subset(keep)
+    (tmp_path / "site").mkdir()
+    np.savez(tmp_path / "site" / "train.npz", images=part.images[:, 0].numpy(), labels=part.labels.numpy())
+    data = load_local_data({"data-dir": str(tmp_path / "site")}, DataConfig(test_fraction=0.2), num_classes=10)
+    assert data.train.info.num_classes == 10 and len(data.train) == 240 and len(data.test) == 60
+    content = client_app.condense_content(data, server_app.server_config({}, {"condense.method": "real",
+                                                                               "condense.ipc": 2}))
+    payload = wire.payload_from_content(content)
+    validate_payload(payload, PayloadSpec(num_classes=10, image_shape=(1, 28, 28), max_ipc=2))
+    assert payload.class_counts()[7:] == [0, 0, 0]

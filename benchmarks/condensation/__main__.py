@@ -51,12 +51,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--gm-iterations", type=int, default=PER_METHOD["gm"]["iterations"])
     parser.add_argument("--work-dir", default="/tmp/condex-bench-condensation", help="payload files")
     parser.add_argument("--out", default=str(RESULTS), help="results path without extension")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (1 is much faster than 2 on a machine shared with other jobs)")
     parser.add_argument("--quiet", action="store_true")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     out, work = Path(args.out), Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     evaluation = EvalConfig(width=args.eval_width, max_samples=args.eval_samples, nets=args.nets,

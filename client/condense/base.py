@@ -18,7 +18,7 @@ import torch
 from shared.config.condense import CondenseConfig
 from shared.data import LabeledImages
 from shared.data.registry import DatasetInfo
-from shared.device import seed_everything, select_device
+from shared.device import seed_everything, select_device, torch_threads
 from shared.errors import ConfigError, DataError
 from shared.models import build_model
 from shared.models.base import Classifier
@@ -87,7 +87,8 @@ class Condenser(ABC):
         generator = torch.Generator().manual_seed(cfg.seed)
         local = prepare_local(data, select_device(str(device)) if device else select_device("auto"))
         start = time.perf_counter()
-        result = self.synthesize(local, cfg, generator, progress)
+        with torch_threads(cfg.threads or None):
+            result = self.synthesize(local, cfg, generator, progress)
         return make_payload(self.name, local, cfg, result, time.perf_counter() - start)
 
     @abstractmethod

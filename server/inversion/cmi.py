@@ -215,6 +215,7 @@ class ContrastiveModelInversion(InversionMethod):
             images, t_logits, logs = self.generator_step(ctx.generator, z, targets, optimizer)
         if self._last_global is not None:  # the embeddings of exactly the returned images
             self.bank.push(self._last_global)
+            self._last_global = None
         logs["bank"] = float(len(self.bank))
         return self.batch(images, t_logits, logs)
 

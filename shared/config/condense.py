@@ -45,6 +45,7 @@ class CondenseConfig:
     # output and resources
     wire_dtype: str = "uint8"  # uint8 | float16 image encoding on the wire
     time_budget_s: float = 0.0  # > 0: stop iterating after this many seconds (DP reports the steps taken)
+    threads: int = 0  # torch CPU threads while condensing; 0 keeps the current setting
     seed: int = 0
 
     def validate(self) -> None:
@@ -67,6 +68,8 @@ class CondenseConfig:
                 raise ConfigError(f"condense.{name}={value!r} must be a finite number > 0")
         if not 0.0 <= self.momentum < 1.0:
             raise ConfigError(f"condense.momentum={self.momentum} must be in [0, 1)")
+        if self.threads < 0:
+            raise ConfigError(f"condense.threads={self.threads} must be >= 0 (0 = keep torch's setting)")
         if self.time_budget_s < 0:
             raise ConfigError(f"condense.time_budget_s={self.time_budget_s} must be >= 0 (0 = no budget)")
 
