@@ -178,7 +178,7 @@ def load_teacher(cfg: CondexConfig) -> tuple[nn.Module, ModelCard, Path]:
 def payload_spec(card: ModelCard, cfg: CondexConfig) -> PayloadSpec:
     """The strict acceptance rule: the teacher's geometry, the requested method and IPC, the size cap and,
     for DP requests, the privacy budget."""
-    eps = cfg.condense.epsilon
+    eps = cfg.condense.epsilon or None  # 0 (or None in older configs) means "no privacy budget requested"
     return PayloadSpec(
         num_classes=card.num_classes, image_shape=(card.in_channels, card.image_size, card.image_size),
         max_ipc=cfg.condense.ipc, max_bytes=cfg.federation.max_payload_bytes,

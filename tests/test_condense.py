@@ -89,8 +89,8 @@ def test_real_returns_actual_training_images(site: LabeledImages) -> None:
         assert bool(match.any()) and int(site.labels[match][0]) == int(label)
 
 
-@pytest.mark.parametrize("method,sigma", [("dm", None), ("dp-dm", 0.3)])
-def test_distribution_matching_loss_decreases(small_site: LabeledImages, method: str, sigma: float | None) -> None:
+@pytest.mark.parametrize("method,sigma", [("dm", 0.0), ("dp-dm", 0.3)])
+def test_distribution_matching_loss_decreases(small_site: LabeledImages, method: str, sigma: float) -> None:
     cfg = config(method, iterations=16, init="noise", batch_real=16, model_width=16, dsa=False, lr_img=5.0,
                  noise_multiplier=sigma)
     losses = condense(small_site, cfg, progress=False).extra["losses"]

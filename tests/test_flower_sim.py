@@ -289,3 +289,18 @@ def test_site_missing_the_last_classes_uses_the_teachers_class_ids(tmp_path: Pat
     payload = wire.payload_from_content(content)
     validate_payload(payload, PayloadSpec(num_classes=10, image_shape=(1, 28, 28), max_ipc=2))
     assert payload.class_counts()[7:] == [0, 0, 0]
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("min_nodes", 0, r"federation\.min_nodes=0"),
+    ("max_nodes", 1, r"federation\.max_nodes=1 is below federation\.min_nodes=2"),
+    ("reply_timeout_s", 0.0, r"federation\.reply_timeout_s"),
+    ("min_payload_fraction", 1.5, r"federation\.min_payload_fraction=1\.5"),
+    ("max_payload_bytes", 10, r"federation\.max_payload_bytes=10"),
+])
+def test_federation_config_names_the_bad_field(field: str, value: object, message: str) -> None:
+    from shared.config import FederationConfig
+
+    cfg = FederationConfig(**{field: value})
+    with pytest.raises(ConfigError, match=message):
+        cfg.validate()

@@ -49,11 +49,11 @@ def condensed(fmnist):
     return subset.normalized(), subset.labels
 
 
-def make_ctx(teacher, condensed, guided: bool, **overrides) -> InversionContext:
+def make_ctx(teacher, condensed, guided: bool, conditional: bool = False, **overrides) -> InversionContext:
     cfg = DistillConfig(synthesis_batch_size=20, generator_width=8, g_steps=2, warmup_epochs=0,
                         mode="mi*" if guided else "mi", **overrides)
     cfg.validate()
-    gen = Generator(cfg.latent_dim, 1, 28, MEAN, STD, width=cfg.generator_width)
+    gen = Generator(cfg.latent_dim, 1, 28, MEAN, STD, width=cfg.generator_width, num_classes=10 if conditional else 0)
     student = build_model("lenet5_half", 10, 1, 28)
     guidance = None
     if guided:
@@ -181,12 +181,14 @@ def test_discriminator_learns_condensed_vs_wrong_labels(teacher, condensed) -> N
         fa.discriminator_step()
     d = fa.discriminator
     wrong = (condensed[1] + 1) % 10
-    assert float(d(feats, condensed[1]).mean()) > float(d(feats, wrong).mean())
+    with torch.no_grad():
+        assert float(d(feats, condensed[1]).mean()) > float(d(feats, wrong).mean())
 
 
+@pytest.mark.parametrize("conditional", [False, True])
 @pytest.mark.parametrize("name", ["deepinversion", "fast"])
-def test_methods_update_the_shared_generator(teacher, condensed, name: str) -> None:
-    ctx = make_ctx(teacher, condensed, guided=False)
+def test_methods_update_the_shared_generator(teacher, condensed, name: str, conditional: bool) -> None:
+    ctx = make_ctx(teacher, condensed, guided=False, conditional=conditional)
     method = build_method(name, ctx)
     before = [p.clone() for p in ctx.generator.parameters()]
     batch = method.synthesize()

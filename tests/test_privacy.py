@@ -186,6 +186,8 @@ def test_real_refuses_differential_privacy() -> None:
     ({"method": "dp-dm", "epsilon": 1.0, "init": "real"}, "init"),
     ({"method": "dp-gm", "epsilon": 1.0, "delta": 1.0}, "delta"),
     ({"method": "dp-dm", "epsilon": math.inf}, "epsilon"),
+    ({"method": "dp-dm", "noise_multiplier": -1.0}, "noise_multiplier"),
+    ({"method": "dp-dm", "epsilon": 1.0, "sample_rate": 1.5}, "sample_rate"),
 ])
 def test_privacy_config_errors_name_the_field(fields: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):

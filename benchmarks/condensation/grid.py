@@ -60,7 +60,7 @@ class BenchSettings:
 
     def condense_config(self, case: Case, seed: int | None = None) -> CondenseConfig:
         values = {**dataclasses.asdict(self.base), **self.per_method.get(case.method, {})}
-        values.update(method=case.method, ipc=case.ipc, epsilon=case.epsilon, noise_multiplier=None,
+        values.update(method=case.method, ipc=case.ipc, epsilon=case.epsilon or 0.0, noise_multiplier=0.0,
                       seed=self.seed if seed is None else seed)
         if case.setting == "federated":
             values.update(self.per_method.get("federated", {}))

@@ -35,11 +35,12 @@ class CondenseConfig:
     lr_net: float = 0.01
     batch_train: int = 256
     # differential privacy (dp-dm, dp-gm)
-    epsilon: float | None = None  # target epsilon; the noise multiplier is calibrated to reach it
+    # (0 means "unset" for the three below: TOML and Flower run configs have no null)
+    epsilon: float = 0.0  # > 0: target epsilon; the noise multiplier is calibrated to reach it
     delta: float = 1e-5
     clip: float = 1.0  # L2 bound on each real sample's contribution (embedding or gradient)
-    noise_multiplier: float | None = None  # set directly instead of epsilon (then epsilon is only reported)
-    sample_rate: float | None = None  # Poisson rate per real record; None = batch_real per held class on average
+    noise_multiplier: float = 0.0  # > 0: fixed noise instead of calibrating to epsilon (epsilon is then reported)
+    sample_rate: float = 0.0  # Poisson rate per real record; 0 = batch_real records per held class on average
     accountant: str = "rdp"  # shared.privacy accountants
     class_composition: str = "parallel"  # parallel: classes are disjoint; sequential: charge every class
     # output and resources
@@ -104,7 +105,11 @@ class CondenseConfig:
         return self.init
 
     def _check_privacy(self) -> None:
-        asks_dp = self.epsilon is not None or self.noise_multiplier is not None
+        for name in ("epsilon", "noise_multiplier"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"condense.{name}={value!r} must be a finite number >= 0 (0 = unset)")
+        asks_dp = self.epsilon > 0 or self.noise_multiplier > 0
         if self.method == "real" and asks_dp:
             raise ConfigError(
                 "condense.method=real sends real images and cannot be differentially private; "
@@ -119,15 +124,10 @@ class CondenseConfig:
             return
         if not asks_dp:
             raise ConfigError(f"condense.method={self.method} needs condense.epsilon (or condense.noise_multiplier)")
-        if self.epsilon is not None and not (math.isfinite(self.epsilon) and self.epsilon > 0):
-            raise ConfigError(f"condense.epsilon={self.epsilon!r} must be a finite number > 0")
-        sigma = self.noise_multiplier
-        if sigma is not None and not (math.isfinite(sigma) and sigma > 0):
-            raise ConfigError(f"condense.noise_multiplier={self.noise_multiplier!r} must be a finite number > 0")
         if not 0.0 < self.delta < 1.0:
             raise ConfigError(f"condense.delta={self.delta} must be in (0, 1)")
-        if self.sample_rate is not None and not 0.0 < self.sample_rate <= 1.0:
-            raise ConfigError(f"condense.sample_rate={self.sample_rate} must be in (0, 1]")
+        if not 0.0 <= self.sample_rate <= 1.0:
+            raise ConfigError(f"condense.sample_rate={self.sample_rate} must be in (0, 1] (0 = automatic)")
         if self.init == "real":
             raise ConfigError(
                 f"condense.init={self.init!r} with condense.method={self.method}: initialising from real images "

@@ -28,27 +28,27 @@ class DistillConfig:
     budget_seconds: float = 0.0
     # Generator and synthesis.
     latent_dim: int = 256
-    generator_width: int = 32
+    generator_width: int = 16
     conditional_generator: bool = True  # z * embed(y): learns class -> image once (cheap on CPU)
-    synthesis_batch_size: int = 64
+    synthesis_batch_size: int = 32
     g_steps: int = 2  # generator (or fast-generator) steps per synthesised batch
-    lr_generator: float = 2e-3
+    lr_generator: float = 5e-3
     lr_latent: float = 0.01  # fast: learning rate of the per-batch latent codes
     warmup_epochs: int = 10  # adversarial term off during warm-up
-    bn_weight: float = 1.0
+    bn_weight: float = 0.1
     oh_weight: float = 1.0
     adv_weight: float = 1.0
     # Condensed-guided feature alignment (used in mode mi*).
-    fa_weight: float = 1.0
+    fa_weight: float = 5.0
     lr_discriminator: float = 2e-3
     discriminator_hidden: int = 64
-    condensed_batch_size: int = 64  # condensed samples per discriminator step
+    condensed_batch_size: int = 32  # condensed samples per discriminator step
     diffaugment: str = "color,translation,cutout"
     # Knowledge distillation.
     kd_loss: str = "kl"
     temperature: float = 4.0
     kd_batch_size: int = 128
-    kd_steps: int = 10  # KD steps per epoch (after each synthesised batch)
+    kd_steps: int = 20  # KD steps per epoch (after each synthesised batch)
     kd_augment: str = "none"  # augment KD batches (recomputes teacher logits) or reuse cached logits
     student_optimizer: str = "adam"
     lr_student: float = 2e-3

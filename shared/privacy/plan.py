@@ -44,9 +44,8 @@ def plan_privacy(cfg: CondenseConfig, num_records: int, num_groups: int, release
     """Plan ``releases`` noisy releases over ``num_records`` local records in ``num_groups`` classes."""
     sample_rate = cfg.sample_rate or min(1.0, cfg.batch_real * num_groups / max(num_records, 1))
     charges = 1 if cfg.class_composition == "parallel" else num_groups
-    if cfg.noise_multiplier is not None:
+    if cfg.noise_multiplier > 0:
         sigma = float(cfg.noise_multiplier)
-    else:
-        assert cfg.epsilon is not None  # CondenseConfig.validate guarantees one of the two
+    else:  # CondenseConfig.validate guarantees epsilon > 0 here
         sigma = calibrate_noise_multiplier(cfg.epsilon, cfg.delta, sample_rate, releases * charges, cfg.accountant)
     return PrivacyPlan(sigma, sample_rate, cfg.clip, cfg.delta, charges, make_accountant(cfg.accountant))
