@@ -36,6 +36,7 @@ ERR_CONFIG = 102  # the requested configuration is invalid
 ERR_CONDEX = 103  # another condex error (payload, checkpoint, ...)
 ERR_INTERNAL = 199  # an unexpected exception (a bug): type and message are in the reason
 
+
 @lru_cache(maxsize=1)
 def _base_config() -> CondexConfig:
     # Hydra composition takes a moment; a simulation worker serves many nodes with the same defaults.

@@ -28,7 +28,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from shared.config import CONFIG_DIR, CondexConfig, from_dict, to_flat
+from shared.config import CONFIG_DIR, from_dict, register_schema, to_flat
 from shared.io import atomic_write_text
 
 RESULTS_JSONL = "results.jsonl"
@@ -106,14 +106,7 @@ def _cell(value: Any) -> str:
     return str(value).replace("|", "/")
 
 
-def register_schema() -> None:
-    """``configs/condex.yaml`` composes onto the dataclass schema ``condex_schema`` (as ``load_config`` does)."""
-    from hydra.core.config_store import ConfigStore
-
-    ConfigStore.instance().store(name="condex_schema", node=CondexConfig)
-
-
-register_schema()
+register_schema()  # configs/condex.yaml composes onto the dataclass schema, as load_config does
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="condex", version_base=None)

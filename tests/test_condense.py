@@ -22,10 +22,10 @@ from shared.payload import CondensedPayload, PayloadSpec, validate_payload
 SMALL = {"model_width": 8, "batch_real": 8, "iterations": 3, "outer_loop": 2, "inner_loop": 1}
 SETTINGS = {
     "dm": {},
-    "gm": {"lr_img": 0.1},
+    "gm": {},
     "real": {},
     "dp-dm": {"noise_multiplier": 1.0},
-    "dp-gm": {"noise_multiplier": 1.0, "lr_img": 0.1},
+    "dp-gm": {"noise_multiplier": 1.0},
 }
 SPEC = PayloadSpec(num_classes=10, image_shape=(1, 28, 28), max_ipc=10)
 

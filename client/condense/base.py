@@ -76,6 +76,10 @@ class Condenser(ABC):
     """One condensation method; registered in ``condensers`` under ``name``."""
 
     name: ClassVar[str]
+    default_lr_img: ClassVar[float] = 1.0  # used when condense.lr_img is 0
+
+    def lr_img(self, cfg: CondenseConfig) -> float:
+        return cfg.lr_img or self.default_lr_img
 
     def condense(self, data: LabeledImages, cfg: CondenseConfig, progress: bool = True,
                  device: torch.device | str | None = None) -> CondensedPayload:

@@ -35,12 +35,13 @@ from shared.progress import progress_bar
 @condensers.register("dm")
 class DistributionMatching(Condenser):
     name = "dm"
+    default_lr_img = 1.0  # the DM paper's value
 
     def synthesize(self, local: LocalData, cfg: CondenseConfig, generator: torch.Generator,
                    progress: bool) -> Synthesis:
         syn, groups = init_synthetic(local, cfg, generator)
         syn.requires_grad_(True)
-        optimizer = torch.optim.SGD([syn], lr=cfg.lr_img, momentum=cfg.momentum)
+        optimizer = torch.optim.SGD([syn], lr=self.lr_img(cfg), momentum=cfg.momentum)
         augment = SiameseAugment(cfg.dsa_strategy, generator=generator) if cfg.dsa else None
         self.begin(local, cfg)
         losses: list[float] = []

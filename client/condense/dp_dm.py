@@ -28,6 +28,9 @@ from shared.privacy import PrivacyPlan, clip_rows, noisy_class_sums, plan_privac
 @condensers.register("dp-dm")
 class DPDistributionMatching(DistributionMatching):
     name = "dp-dm"
+    # Clipped embeddings (norm <= clip = 1 by default) are far smaller than raw ones, so are the pixel
+    # gradients: from a noise init, lr 100 reached 71.5% vs 67.3% at lr 10 (FMNIST, IPC 10, eps 10, 150 iterations).
+    default_lr_img = 100.0
 
     def begin(self, local: LocalData, cfg: CondenseConfig) -> None:
         self.plan: PrivacyPlan = plan_privacy(cfg, len(local.labels), local.num_groups, releases=cfg.iterations)

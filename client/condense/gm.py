@@ -57,6 +57,7 @@ def matching_distance(real: Gradients, syn: Gradients) -> torch.Tensor:
 @condensers.register("gm")
 class GradientMatching(Condenser):
     name = "gm"
+    default_lr_img = 0.1  # the DSA paper's value
 
     def synthesize(self, local: LocalData, cfg: CondenseConfig, generator: torch.Generator,
                    progress: bool) -> Synthesis:
@@ -64,7 +65,7 @@ class GradientMatching(Condenser):
         syn.requires_grad_(True)
         labels = torch.tensor(local.classes, device=groups.device)[groups]
         outer, inner = self.schedule(cfg)
-        optimizer = torch.optim.SGD([syn], lr=cfg.lr_img, momentum=cfg.momentum)
+        optimizer = torch.optim.SGD([syn], lr=self.lr_img(cfg), momentum=cfg.momentum)
         augment = SiameseAugment(cfg.dsa_strategy, generator=generator) if cfg.dsa else None
         self.begin(local, cfg, releases=cfg.iterations * outer)
         losses: list[float] = []

@@ -110,17 +110,22 @@ def from_dict(values: dict[str, Any]) -> CondexConfig:
     return apply_overrides(CondexConfig(), flat)
 
 
+def register_schema() -> None:
+    """Make the dataclasses Hydra's schema, so every field can be overridden and is type-checked."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="condex_schema", node=CondexConfig)
+
+
 def load_config(overrides: list[str] | None = None, config_name: str = "condex") -> CondexConfig:
     """Compose ``configs/<config_name>.yaml`` with Hydra (plus ``key=value`` overrides) into a validated config."""
     from hydra import compose, initialize_config_dir
-    from hydra.core.config_store import ConfigStore
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    # The dataclasses are Hydra's schema, so every field can be overridden and is type-checked.
-    ConfigStore.instance().store(name="condex_schema", node=CondexConfig)
+    register_schema()
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
@@ -148,5 +153,5 @@ def to_flat(cfg: CondexConfig) -> dict[str, Any]:
 
 __all__ = [
     "CondenseConfig", "CondexConfig", "DataConfig", "DistillConfig", "FederationConfig", "TeacherConfig",
-    "apply_overrides", "from_dict", "load_config", "to_flat",
+    "apply_overrides", "from_dict", "load_config", "register_schema", "to_flat",
 ]

@@ -20,7 +20,7 @@ class CondenseConfig:
     method: str = "dm"  # dm | gm | real | dp-dm | dp-gm (registry in client/condense)
     ipc: int = 10  # synthetic images per class the client holds (at most its real count of that class)
     iterations: int = 1000  # outer iterations (dm: one random embedding net each; gm: one matching net each)
-    lr_img: float = 1.0  # SGD step on the pixels (normalised space); DM uses 1.0, gradient matching 0.1
+    lr_img: float = 0.0  # SGD step on the pixels (normalised space); 0 = the method's default (dm 1, gm 0.1, ...)
     momentum: float = 0.5
     batch_real: int = 256  # real images per class per iteration (DP: expected size under Poisson sampling)
     init: str = "auto"  # auto | real | noise; auto = real, or noise for DP methods (a real init would leak images)
@@ -63,7 +63,9 @@ class CondenseConfig:
         for name in ("outer_loop", "inner_loop"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"condense.{name}={getattr(self, name)} must be >= 0 (0 = DC/DSA schedule)")
-        for name in ("lr_img", "lr_net", "clip"):
+        if not (math.isfinite(self.lr_img) and self.lr_img >= 0):
+            raise ConfigError(f"condense.lr_img={self.lr_img!r} must be a finite number >= 0 (0 = method default)")
+        for name in ("lr_net", "clip"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"condense.{name}={value!r} must be a finite number > 0")
