@@ -28,7 +28,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from shared.config import CONFIG_DIR, from_dict, register_schema, to_flat
+from shared.config import CONFIG_DIR, CondexConfig, from_dict, register_schema, to_flat
 from shared.io import atomic_write_text
 
 RESULTS_JSONL = "results.jsonl"
