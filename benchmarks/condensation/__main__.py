@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from benchmarks.condensation.evaluate import EvalConfig, test_subset
-from benchmarks.condensation.grid import BenchSettings, Case, default_grid, run_case
+from benchmarks.condensation.grid import BenchSettings, Case, default_grid, reevaluate, run_case
 from benchmarks.condensation.report import read_records, write_json, write_markdown, write_png
 from shared.config import load_config
 from shared.data import load_dataset
@@ -42,10 +42,12 @@ PER_METHOD: dict[str, dict[str, Any]] = {
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.condensation", description=__doc__)
     parser.add_argument("--resume", action="store_true", help="keep finished cases of an earlier run")
+    parser.add_argument("--reevaluate", action="store_true",
+                        help="with --resume: re-test kept cases on their saved payloads with this run's protocol")
     parser.add_argument("--only", nargs="*", default=None, help="case keys to run (e.g. centralized-dm-ipc10)")
     parser.add_argument("--nets", type=int, default=3, help="evaluation nets per case")
     parser.add_argument("--eval-width", type=int, default=32)
-    parser.add_argument("--eval-samples", type=int, default=8000, help="augmented images per evaluation net")
+    parser.add_argument("--eval-samples", type=int, default=30_000, help="augmented images per evaluation net")
     parser.add_argument("--test-size", type=int, default=0, help="0: the full test split")
     parser.add_argument("--gm-iterations", type=int, default=PER_METHOD["gm"]["iterations"])
     parser.add_argument("--work-dir", default="/tmp/condex-bench-condensation", help="payload files")
@@ -75,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     cases = [c for c in default_grid() if args.only is None or c.key in args.only]
     header = _header(settings, evaluation, len(test_y))
     records = [r for r in read_records(out.with_suffix(".json")) if args.resume]
+    if args.reevaluate:
+        records = [reevaluate(r, settings, test_x, test_y, work) for r in records]
+        _write(out, header, records, cases, work)
     done = {Case(r["method"], r["setting"], r["ipc"], r["epsilon"]).key for r in records}
     for case in cases:
         if case.key in done:
@@ -102,7 +107,7 @@ def _header(settings: BenchSettings, evaluation: EvalConfig, test_size: int) -> 
             f"{evaluation.batch}, min({evaluation.epochs}, {evaluation.max_samples} // images) epochs; test on "
             f"{test_size} FMNIST test images; mean ± std over {evaluation.nets} nets. Condensation: "
             f"{base.model}(width {base.model_width}), batch_real {base.batch_real}, iterations {base.iterations}, "
-            f"lr_img per method (dm 1, dp-dm 100, gm 0.1); per-method changes {settings.per_method}; "
+            f"lr_img per method (dm 1, dp-dm 300, gm 0.1); per-method changes {settings.per_method}; "
             f"DP delta {base.delta}"
         ),
     }

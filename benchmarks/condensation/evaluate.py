@@ -27,7 +27,7 @@ class EvalConfig:
     width: int = 128
     depth: int = 3
     epochs: int = 300
-    max_samples: int = 10_000  # cap on augmented images one net trains on (CPU budget)
+    max_samples: int = 30_000  # cap on augmented images one net trains on (CPU budget)
     batch: int = 256
     lr: float = 0.01
     momentum: float = 0.9

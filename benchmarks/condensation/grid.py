@@ -69,6 +69,21 @@ class BenchSettings:
         return cfg
 
 
+def reevaluate(record: dict[str, Any], settings: BenchSettings, test_x: torch.Tensor, test_y: torch.Tensor,
+               work_dir: Path) -> dict[str, Any]:
+    """Re-test a finished case on its saved payload with the current evaluation protocol (condensation kept)."""
+    case = Case(record["method"], record["setting"], record["ipc"], record["epsilon"])
+    payload = CondensedPayload.load(work_dir / f"{case.key}.safetensors")
+    accuracies = evaluate_payload(payload, test_x, test_y, settings.evaluation, seed=settings.seed)
+    return {**record, **_accuracy_fields(accuracies), "eval_epochs": epochs_for(len(payload), settings.evaluation)}
+
+
+def _accuracy_fields(accuracies: list[float]) -> dict[str, Any]:
+    return {"accuracy_mean": statistics.fmean(accuracies),
+            "accuracy_std": statistics.pstdev(accuracies) if len(accuracies) > 1 else 0.0,
+            "accuracies": accuracies}
+
+
 def run_case(case: Case, settings: BenchSettings, train: LabeledImages, test_x: torch.Tensor, test_y: torch.Tensor,
              work_dir: Path, progress: bool) -> dict[str, Any]:
     """Condense (centralised or per client), check the payload(s), evaluate, return the record."""
@@ -84,9 +99,7 @@ def run_case(case: Case, settings: BenchSettings, train: LabeledImages, test_x: 
     accuracies = evaluate_payload(payload, test_x, test_y, settings.evaluation, seed=settings.seed)
     record = {
         "method": case.method, "setting": case.setting, "ipc": case.ipc, "epsilon": case.epsilon,
-        "accuracy_mean": statistics.fmean(accuracies),
-        "accuracy_std": statistics.pstdev(accuracies) if len(accuracies) > 1 else 0.0,
-        "accuracies": accuracies, "seconds_per_client": round(seconds, 1), "num_images": len(payload),
+        **_accuracy_fields(accuracies), "seconds_per_client": round(seconds, 1), "num_images": len(payload),
         "eval_epochs": epochs_for(len(payload), settings.evaluation), **details,
     }
     if payload.meta.epsilon is not None:
