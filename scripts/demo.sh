@@ -37,5 +37,5 @@ echo
 echo "report:  $report/report.json"
 echo "student: $report/student"
 echo "wall time: $(( $(date +%s) - start )) s"
-"$ROOT/.venv/bin/python" -c "import json,sys; r=json.load(open(sys.argv[1])); sys.exit(0 if r.get('status')=='ok' else 1)" \
+"$ROOT/.venv/bin/python" -c "import json,sys; r=json.load(open(sys.argv[1])); sys.exit(0 if r.get('status')=='completed' else 1)" \
   "$report/report.json"
