@@ -56,6 +56,6 @@ fashion_mnist
 
 if [ ! -f assets/teachers/fashion_mnist/card.json ]; then
   log "no default teacher checkpoint: training it (about 10-15 minutes on 2 CPU cores)"
-  "$VENV/bin/condex" teacher train --config-setting fmnist_cpu --out assets/teachers/fashion_mnist
+  "$VENV/bin/condex" teacher train --out assets/teachers/fashion_mnist
 fi
 log "ready"

@@ -43,6 +43,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def _publishable(folder: Path) -> None:
+    """mkdtemp/mkstemp create owner-only entries; give the published tree the usual umask modes."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for entry in folder.rglob("*"):
+        entry.chmod((0o777 if entry.is_dir() else 0o666) & ~umask)
+
+
 @contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary directory next to ``path``; it replaces ``path`` only if the block succeeds."""
@@ -51,6 +60,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         yield tmp
+        _publishable(tmp)
         if path.exists():
             backup = path.with_name(f".{path.name}.old")
             shutil.rmtree(backup, ignore_errors=True)

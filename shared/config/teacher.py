@@ -1,8 +1,8 @@
 """How the server's teacher is found (``checkpoint``) and how ``condex teacher train`` trains one.
 
 The training defaults are the CPU default Fashion-MNIST teacher (VGG-11 with BatchNorm, width 8, see
-docs/teacher.md): fast on CPU, BatchNorm after every convolution for DeepInversion's statistics loss. ``arch_kwargs`` is a flat
-``key=value,key=value`` string so the section stays flat for Flower's run config."""
+docs/teacher.md): fast on CPU, BatchNorm after every convolution for DeepInversion's statistics loss.
+``arch_kwargs`` is a flat ``key=value,key=value`` string so the section stays flat for Flower's run config."""
 
 from __future__ import annotations
 
