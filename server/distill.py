@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from server import kd_logit_std, replay_generative, sampling_ssd  # noqa: F401  (register issue-6 options)
 from server.inversion import FeatureAlignment, Generator, InversionContext, InversionMethod, build_method
 from server.inversion.generator import to_pixels
 from server.kd_losses import get_kd_loss

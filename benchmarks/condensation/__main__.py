@@ -22,7 +22,7 @@ import torch
 
 from benchmarks.condensation.evaluate import EvalConfig, test_subset
 from benchmarks.condensation.grid import BenchSettings, Case, default_grid, reevaluate, run_case
-from benchmarks.condensation.report import read_records, write_json, write_markdown, write_png
+from benchmarks.condensation.report import read_header, read_records, write_json, write_markdown, write_png
 from shared.config import load_config
 from shared.data import load_dataset
 
@@ -42,8 +42,9 @@ PER_METHOD: dict[str, dict[str, Any]] = {
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.condensation", description=__doc__)
     parser.add_argument("--resume", action="store_true", help="keep finished cases of an earlier run")
-    parser.add_argument("--reevaluate", action="store_true",
-                        help="with --resume: re-test kept cases on their saved payloads with this run's protocol")
+    parser.add_argument("--reevaluate", nargs="*", default=None, metavar="KEY",
+                        help="with --resume: re-test kept cases (all, or these keys) on their saved payloads with "
+                             "this run's evaluation protocol; their condensation figures are kept")
     parser.add_argument("--only", nargs="*", default=None, help="case keys to run (e.g. centralized-dm-ipc10)")
     parser.add_argument("--nets", type=int, default=3, help="evaluation nets per case")
     parser.add_argument("--eval-width", type=int, default=32)
@@ -77,10 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     cases = [c for c in default_grid() if args.only is None or c.key in args.only]
     header = _header(settings, evaluation, len(test_y))
     records = [r for r in read_records(out.with_suffix(".json")) if args.resume]
-    if args.reevaluate:
-        records = [reevaluate(r, settings, test_x, test_y, work) for r in records]
+    previous = read_header(out.with_suffix(".json")) if args.resume else {}
+    if previous.get("command") and previous["command"] != header["command"]:
+        header["command"] = f"{previous['command']} && {header['command']}"  # the sequence that made the file
+    if args.reevaluate is not None:
+        chosen = set(args.reevaluate) or {_key(r) for r in records}
+        records = [reevaluate(r, settings, test_x, test_y, work) if _key(r) in chosen else r for r in records]
         _write(out, header, records, cases, work)
-    done = {Case(r["method"], r["setting"], r["ipc"], r["epsilon"]).key for r in records}
+    done = {_key(r) for r in records}
     for case in cases:
         if case.key in done:
             continue
@@ -104,7 +109,8 @@ def _header(settings: BenchSettings, evaluation: EvalConfig, test_size: int) -> 
         "protocol": (
             f"train a fresh ConvNet-3 (width {evaluation.width}) on the condensed set only with DSA, SGD lr "
             f"{evaluation.lr} (/10 half-way), momentum {evaluation.momentum}, wd {evaluation.weight_decay}, batch "
-            f"{evaluation.batch}, min({evaluation.epochs}, {evaluation.max_samples} // images) epochs; test on "
+            f"{evaluation.batch}, min({evaluation.epochs}, eval_samples // images) epochs (per row: eval_epochs; "
+            f"eval_samples {evaluation.max_samples} unless a command says otherwise); test on "
             f"{test_size} FMNIST test images; mean ± std over {evaluation.nets} nets. Condensation: "
             f"{base.model}(width {base.model_width}), batch_real {base.batch_real}, iterations {base.iterations}, "
             f"lr_img per method (dm 1, dp-dm 300, gm 0.1); per-method changes {settings.per_method}; "
@@ -113,8 +119,12 @@ def _header(settings: BenchSettings, evaluation: EvalConfig, test_size: int) -> 
     }
 
 
+def _key(record: dict[str, Any]) -> str:
+    return Case(record["method"], record["setting"], record["ipc"], record["epsilon"]).key
+
+
 def _write(out: Path, header: dict[str, Any], records: list[dict[str, Any]], cases: list[Case], work: Path) -> None:
-    finished = {Case(r["method"], r["setting"], r["ipc"], r["epsilon"]).key for r in records}
+    finished = {_key(r) for r in records}
     pending = [c.key for c in cases if c.key not in finished]
     write_json(out.with_suffix(".json"), header, records)
     write_markdown(out.with_suffix(".md"), header, records, pending)

@@ -21,8 +21,10 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     return list(json.loads(path.read_text()).get("records", []))
 
 
-def _eps(value: float | None) -> str:
-    return "-" if value is None else f"{value:g}"
+def read_header(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    return {k: v for k, v in json.loads(path.read_text()).items() if k != "records"}
 
 
 def markdown(header: dict[str, Any], records: list[dict[str, Any]], pending: list[str]) -> str:
