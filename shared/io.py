@@ -10,6 +10,18 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def _publishable(target: Path) -> None:
+    """mkdtemp/mkstemp create owner-only entries; give the published tree the usual umask modes."""
+    umask = os.umask(0)
+    os.umask(umask)
+    if not target.is_dir():
+        target.chmod(0o666 & ~umask)
+        return
+    target.chmod(0o777 & ~umask)
+    for entry in target.rglob("*"):
+        entry.chmod((0o777 if entry.is_dir() else 0o666) & ~umask)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -17,6 +29,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+        _publishable(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -37,19 +50,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        _publishable(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def _publishable(folder: Path) -> None:
-    """mkdtemp/mkstemp create owner-only entries; give the published tree the usual umask modes."""
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
-    for entry in folder.rglob("*"):
-        entry.chmod((0o777 if entry.is_dir() else 0o666) & ~umask)
 
 
 @contextmanager
