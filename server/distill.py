@@ -193,7 +193,7 @@ class Distiller:
         if self.cfg.uses_condensed and self.condensed is not None:
             images = self.condensed.images.to(self.device)
             condensed = (images, self.condensed.labels.to(self.device), self._teacher_logits(images))
-        return replays.get(self.cfg.replay)(self.cfg, condensed)
+        return replays.get(self.cfg.replay)(self.cfg, condensed, self.teacher)
 
     @torch.no_grad()
     def _teacher_logits(self, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
+from torch import nn
 
 from shared.config.distill import DistillConfig
 from shared.errors import ConfigError
@@ -37,6 +38,9 @@ class PoolBatch:
 
 class Sampler(ABC):
     """Chooses which pool entries form a KD batch."""
+
+    def __init__(self, cfg: DistillConfig | None = None) -> None:
+        del cfg  # samplers with options (e.g. ``ssd``) read them from the distill config
 
     @abstractmethod
     def sample(self, pool: SamplePool, batch_size: int) -> torch.Tensor:
@@ -75,7 +79,8 @@ class Replay(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-ReplayFactory = Callable[[DistillConfig, "tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None"], Replay]
+# (cfg, condensed (images, labels, teacher logits) or None, teacher) -> Replay; the teacher labels replays.
+ReplayFactory = Callable[[DistillConfig, "tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None", nn.Module], Replay]
 replays: Registry[ReplayFactory] = Registry("replay")
 
 
@@ -83,14 +88,15 @@ class SamplePool:
     """Condensed samples (fixed) + a capped store of synthetic samples, all in memory."""
 
     def __init__(self, cap: int, policy: str = "reservoir", sampler: str = "uniform",
-                 condensed: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> None:
+                 condensed: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+                 cfg: DistillConfig | None = None) -> None:
         if cap < 1:
             raise ConfigError(f"distill.pool_cap={cap} must be >= 1")
         if policy not in ("reservoir", "oldest"):
             raise ConfigError(f"distill.pool_policy={policy!r} must be reservoir or oldest")
         self.cap = cap
         self.policy = policy
-        self.sampler = samplers.get(sampler)()
+        self.sampler = samplers.get(sampler)(cfg)
         empty = (torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0))
         self.cond_images, self.cond_labels, self.cond_logits = condensed or empty
         self.images: torch.Tensor | None = None  # cap x C x H x W, allocated on the first add
@@ -200,6 +206,8 @@ class SamplePool:
 
 
 @replays.register("pool")
-def build_pool(cfg: DistillConfig, condensed: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None) -> SamplePool:
+def build_pool(cfg: DistillConfig, condensed: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+               teacher: nn.Module | None = None) -> SamplePool:
     """``replay = pool``: the growing in-memory pool of Algorithm 1."""
-    return SamplePool(cfg.pool_cap, cfg.pool_policy, cfg.sampler, condensed=condensed)
+    del teacher  # the pool stores the teacher logits computed at synthesis time
+    return SamplePool(cfg.pool_cap, cfg.pool_policy, cfg.sampler, condensed=condensed, cfg=cfg)

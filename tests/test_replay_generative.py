@@ -141,8 +141,7 @@ def test_distillation_loop_runs_with_generative_replay(data, teacher, tmp_path, 
                           progress=False)
     replay = distiller.pool
     assert isinstance(replay, GenerativeReplay)
-    if replay.teacher is None:  # until server/distill.py passes the teacher to replay factories
-        replay.teacher = distiller.teacher
+    assert replay.teacher is distiller.teacher  # the loop hands its teacher to the replay factory
     result = distiller.fit()
     n_cond = 0 if mode == "mi" else 30
     assert result.pool_size == n_cond + 16 and result.synthetic_seen == 3 * 16
@@ -161,8 +160,6 @@ def test_resume_reproduces_the_uninterrupted_run(data, teacher, tmp_path) -> Non
                             kd_steps=3, warmup_epochs=1, eval_every_seconds=1e9, checkpoint_every=0, grid_every=0,
                             replay="generative", vae_latent_dim=8, vae_width=4, lr_schedule="constant")
         distiller = Distiller(cfg, net, card, condensed, None, path, seed=3, progress=False)
-        if distiller.pool.teacher is None:  # until server/distill.py passes the teacher to replay factories
-            distiller.pool.teacher = distiller.teacher
         distiller.fit(resume=resume)
         return [(r["epoch"], r["kd_loss"], r["g_loss"]) for r in distiller.run.read_metrics() if r["event"] == "epoch"]
 
