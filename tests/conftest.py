@@ -8,7 +8,14 @@ import pytest
 
 os.environ.setdefault("CONDEX_QUIET", "1")
 
+import torch
+from torch import nn
+
+from shared.checkpoint import ModelCard, card_for_dataset
 from shared.data import LabeledImages, load_dataset
+from shared.device import torch_threads
+from shared.models import build_model
+from shared.train import train_classifier
 
 
 @pytest.fixture(scope="session")
@@ -19,3 +26,17 @@ def fmnist_train() -> LabeledImages:
 @pytest.fixture(scope="session")
 def fmnist_test() -> LabeledImages:
     return load_dataset("fashion_mnist", "test")
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(fmnist_train: LabeledImages) -> tuple[nn.Module, ModelCard]:
+    """A frozen ResNet-8 (width 4, BatchNorm) trained for one epoch on 1000 real images: a real teacher
+    whose BN statistics and features the engine tests can invert, in a few seconds."""
+    torch.manual_seed(0)
+    net = build_model("resnet8", 10, 1, 28, width=4)
+    with torch_threads(1):
+        train_classifier(net, fmnist_train.subset(range(1000)), None, epochs=1, batch_size=50, lr=0.05,
+                         progress=False)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net.eval(), card_for_dataset(fmnist_train.info, "resnet8", {"width": 4}, role="teacher")

@@ -10,13 +10,11 @@ import torch
 from server.distill import CondensedSet, Distiller, load_condensed
 from server.kd_losses import get_kd_loss, kd_losses
 from server.pool import SamplePool, samplers
-from shared.checkpoint import card_for_dataset, load_checkpoint, save_checkpoint
+from shared.checkpoint import load_checkpoint, save_checkpoint
 from shared.config.distill import DistillConfig
 from shared.data import load_dataset
 from shared.device import torch_threads
 from shared.errors import ConfigError, PayloadError, UnknownNameError
-from shared.models import build_model
-from shared.train import train_classifier
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -31,13 +29,8 @@ def data():
 
 
 @pytest.fixture(scope="module")
-def teacher(data):
-    torch.manual_seed(0)
-    train, _ = data
-    net = build_model("resnet8", 10, 1, 28, width=4)
-    train_classifier(net, train.subset(range(1000)), None, epochs=1, batch_size=50, lr=0.05, progress=False)
-    card = card_for_dataset(train.info, "resnet8", {"width": 4}, role="teacher")
-    return net.eval(), card
+def teacher(tiny_teacher):
+    return tiny_teacher
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,10 @@ import torch
 from server.distill import CondensedSet, Distiller
 from server.pool import replays
 from server.replay_generative import GenerativeReplay, ReplayVAE, build_generative_replay
-from shared.checkpoint import card_for_dataset
 from shared.config.distill import DistillConfig
 from shared.data import load_dataset
 from shared.device import torch_threads
 from shared.errors import ConfigError
-from shared.models import build_model
-from shared.train import train_classifier
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -33,13 +30,8 @@ def data():
 
 
 @pytest.fixture(scope="module")
-def teacher(data):
-    torch.manual_seed(0)
-    net = build_model("resnet8", 10, 1, 28, width=4)
-    train_classifier(net, data[0].subset(range(1000)), None, epochs=1, batch_size=50, lr=0.05, progress=False)
-    for p in net.parameters():
-        p.requires_grad_(False)
-    return net.eval(), card_for_dataset(data[0].info, "resnet8", {"width": 4}, role="teacher")
+def teacher(tiny_teacher):
+    return tiny_teacher
 
 
 def _real(data, start: int, n: int, teacher) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
