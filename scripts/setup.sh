@@ -55,7 +55,7 @@ fi
 fashion_mnist
 
 if [ ! -f assets/teachers/fashion_mnist/card.json ]; then
-  log "no default teacher checkpoint: training it (about 10-15 minutes on 2 CPU cores)"
+  log "no default teacher checkpoint: training it (about 4 minutes on 2 idle CPU cores)"
   "$VENV/bin/condex" teacher train --out assets/teachers/fashion_mnist
 fi
 log "ready"
