@@ -7,6 +7,7 @@ FMNIST-CPU setting on top of them, and ``[tool.flwr.app.config]`` mirrors the co
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,7 +65,7 @@ def _coerce(value: Any, target: Any, key: str) -> Any:
         items = value.split(",") if isinstance(value, str) else list(value)
         (item_type, *_) = typing.get_args(target) or (str,)
         return [_coerce(v, item_type, key) for v in items if v != ""]
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(target) if a is not type(None)]
         if value is None or (isinstance(value, str) and value.lower() in ("", "none", "null")):
             return None
