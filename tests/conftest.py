@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 
@@ -26,6 +27,14 @@ def fmnist_train() -> LabeledImages:
 @pytest.fixture(scope="session")
 def fmnist_test() -> LabeledImages:
     return load_dataset("fashion_mnist", "test")
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One intra-op thread for a test module: on a CPU shared with other jobs (and Ray workers in the
+    Flower tests), two threads are several times slower for these tiny models."""
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")

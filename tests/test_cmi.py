@@ -20,17 +20,13 @@ from server.inversion.cmi import (
 )
 from shared.config.distill import DistillConfig
 from shared.data import load_dataset
-from shared.device import torch_threads
 from shared.errors import ConfigError
 from shared.models import batchnorm_layers, build_model
 
 MEAN, STD = (0.286,), (0.353,)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ non-IID sites, DSA and the ``condex condense`` command."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,6 @@ from client.condense.gm import matching_distance
 from shared.augment.dsa import SiameseAugment
 from shared.config.condense import CondenseConfig
 from shared.data import LabeledImages, few_shot_indices
-from shared.device import torch_threads
 from shared.errors import ConfigError, UnknownNameError
 from shared.payload import CondensedPayload, PayloadSpec, validate_payload
 
@@ -30,11 +28,7 @@ SETTINGS = {
 SPEC = PayloadSpec(num_classes=10, image_shape=(1, 28, 28), max_ipc=10)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: on a CPU shared with other jobs, two threads are several times slower here."""
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -13,14 +13,9 @@ from server.pool import SamplePool, samplers
 from shared.checkpoint import load_checkpoint, save_checkpoint
 from shared.config.distill import DistillConfig
 from shared.data import load_dataset
-from shared.device import torch_threads
 from shared.errors import ConfigError, PayloadError, UnknownNameError
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ from server.inversion.generator import to_pixels
 from shared.augment.diffaugment import cutout, diff_augment, translation
 from shared.config.distill import DistillConfig
 from shared.data import few_shot_indices, load_dataset
-from shared.device import torch_threads
 from shared.errors import ConfigError, UnknownNameError
 from shared.models import build_model
 from shared.train import train_classifier
@@ -21,10 +20,7 @@ from shared.train import train_classifier
 MEAN, STD = (0.286,), (0.353,)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    with torch_threads(1):  # tiny models: one thread is faster, and the test machine is shared
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,15 +14,10 @@ from server.kd_losses import get_kd_loss, kl_divergence
 from shared.checkpoint import card_for_dataset
 from shared.config.distill import DistillConfig
 from shared.data import load_dataset
-from shared.device import torch_threads
 from shared.models import build_model
 from shared.train import train_classifier
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _logits(seed: int, n: int = 16, classes: int = 10) -> tuple[torch.Tensor, torch.Tensor]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -16,7 +15,6 @@ from client.condense import condense
 from client.condense.dp_gm import _clipped_sum
 from shared.config.condense import CondenseConfig
 from shared.data import LabeledImages, few_shot_indices
-from shared.device import torch_threads
 from shared.errors import ConfigError
 from shared.privacy import (
     calibrate_noise_multiplier,
@@ -30,11 +28,7 @@ from shared.privacy import (
 TINY = {"model_width": 8, "batch_real": 4, "iterations": 4}  # q = 4 * 10 / 1000 = 0.04
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: on a CPU shared with other jobs, two threads are several times slower here."""
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

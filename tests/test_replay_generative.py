@@ -14,14 +14,9 @@ from server.pool import replays
 from server.replay_generative import GenerativeReplay, ReplayVAE, build_generative_replay
 from shared.config.distill import DistillConfig
 from shared.data import load_dataset
-from shared.device import torch_threads
 from shared.errors import ConfigError
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -12,17 +12,13 @@ from server.sampling_ssd import SSDSampler, class_difficulty, class_diversity, m
 from shared.checkpoint import card_for_dataset
 from shared.config.distill import DistillConfig
 from shared.data import load_dataset
-from shared.device import torch_threads
 from shared.models import build_model
 from shared.train import train_classifier
 
 C = 4  # classes of the constructed examples
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _spread_logits(labels: torch.Tensor, spread: list[float], seed: int = 0) -> torch.Tensor:
