@@ -1,19 +1,21 @@
-"""Run the distillation benchmark: ``python -m benchmarks.distillation [--budget-seconds S] [--resume]``.
+"""Run the distillation benchmark: ``python -m benchmarks.distillation [--budget-seconds S] [--workers N]
+[--breadth] [--resume]``.
 
 FMNIST-CPU (``configs/setting/fmnist_cpu.yaml``): the default teacher, the configured student, a DM
 IPC-10 condensed set (centralised; made on the fly and cached in the work directory unless
 ``--condensed`` is given). Every case gets the same training wall-time budget and runs in its own process
-(``benchmarks/distillation/cases.py``) so peak memory is per case. Writes
-``benchmarks/results/distillation.{json,md,png}`` after every case."""
+(``benchmarks/distillation/cases.py``) so peak memory is per case; ``--workers 2`` runs two cases at a time
+with one torch thread each. The core cases are issue 4's (``plan.core_cases``); ``--breadth`` adds issue 6's
+(``breadth.breadth_cases``). Writes ``benchmarks/results/distillation.{json,md,png}`` after every case."""
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
 import json
+import os
 import platform
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,6 +23,8 @@ from typing import Any
 
 import torch
 
+from benchmarks.distillation.breadth import breadth_cases
+from benchmarks.distillation.plan import Case, Record, core_cases, run_cases
 from benchmarks.distillation.report import summarize, write_json, write_markdown, write_png
 from shared.checkpoint import load_checkpoint
 from shared.config import load_config
@@ -28,12 +32,6 @@ from shared.data import load_dataset
 from shared.train import evaluate
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "distillation"
-BASES = ("fast", "deepinversion")
-MODES = ("mi", "mi+cs", "mi*")
-
-
-def default_cases() -> list[str]:
-    return ["none:cs-only"] + [f"{b}:{m}" for b in BASES for m in MODES] + ["full"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -44,13 +42,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dm-seconds", type=float, default=240.0, help="time budget of the on-the-fly DM run")
     parser.add_argument("--full-epochs", type=int, default=8, help="epochs of the full-real-data student")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per case (1 on a shared machine)")
-    parser.add_argument("--only", nargs="*", default=None, help=f"cases to run (default: {' '.join(default_cases())})")
+    parser.add_argument("--workers", type=int, default=1, help="cases run in parallel (2 on a 2-core machine)")
+    parser.add_argument("--breadth", action="store_true", help="also run the engine-breadth cases (issue 6)")
+    parser.add_argument("--only", nargs="*", default=None,
+                        help=f"case names to run (core: {' '.join(c.name for c in core_cases())})")
     parser.add_argument("--set", action="append", default=[], help="distill.key=value for every case")
     parser.add_argument("--resume", action="store_true", help="keep finished cases of an earlier run")
     parser.add_argument("--work-dir", default="/tmp/condex-bench-distillation")
     parser.add_argument("--out", default=str(RESULTS), help="results path without extension")
     parser.add_argument("--quiet", action="store_true")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.workers < 1 or args.threads < 1:
+        parser.error("--workers and --threads must be >= 1")
+    return args
 
 
 def condensed_payload(args: argparse.Namespace, work: Path, dataset: str) -> tuple[Path, str]:
@@ -72,16 +76,20 @@ def condensed_payload(args: argparse.Namespace, work: Path, dataset: str) -> tup
     return path, description
 
 
-def run_case(case: str, args: argparse.Namespace, teacher: str, payload: Path, work: Path) -> dict[str, Any]:
-    out = work / case.replace(":", "_").replace("*", "star").replace("+", "plus")
-    cmd = [sys.executable, "-m", "benchmarks.distillation.cases", "--case", case, "--teacher", teacher,
-           "--condensed", str(payload), "--out", str(out), "--budget-seconds", str(args.budget_seconds),
-           "--full-epochs", str(args.full_epochs), "--threads", str(args.threads)]
-    cmd += [x for item in args.set for x in ("--set", item)] + (["--quiet"] if args.quiet else [])
-    subprocess.run(cmd, check=True)
-    record = json.loads((out / "record.json").read_text(encoding="utf-8"))
-    record["case"] = case
-    return record
+def selected_cases(args: argparse.Namespace) -> list[Case]:
+    cases = core_cases() + (breadth_cases() if args.breadth else [])
+    if args.only is None:
+        return cases
+    unknown = set(args.only) - {c.name for c in cases}
+    if unknown:
+        raise SystemExit(f"--only: unknown case(s) {sorted(unknown)}; known: {[c.name for c in cases]} "
+                         "(breadth cases need --breadth)")
+    return [c for c in cases if c.name in args.only]
+
+
+def earlier_results(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    path = out.with_suffix(".json")
+    return json.loads(path.read_text(encoding="utf-8")) if args.resume and path.is_file() else {}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,29 +106,31 @@ def main(argv: list[str] | None = None) -> int:
     header = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": "python -m benchmarks.distillation " + shlex.join(argv if argv is not None else sys.argv[1:]),
-        "machine": f"{platform.machine()} {platform.processor() or ''} 2 CPU cores (shared), torch {torch.__version__}",
+        "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPU cores, "
+                   f"torch {torch.__version__}",
         "teacher": {"arch": card.arch, "arch_kwargs": card.arch_kwargs, "accuracy": teacher_acc,
                     "checkpoint": str(teacher_dir)},
         "student_arch": cfg.distill.student, "budget_seconds": args.budget_seconds, "threads": args.threads,
+        "workers": args.workers,
         "condensed": {"description": description, "path": str(payload),
                       "condense_seconds": time.perf_counter() - start},
         "distill_overrides": args.set,
     }
-    records = json.loads(out.with_suffix(".json").read_text())["records"] if args.resume and \
-        out.with_suffix(".json").is_file() else []
-    done = {r.get("case") for r in records}
-    for case in args.only or default_cases():
-        if case in done:
-            continue
-        t0 = time.perf_counter()
-        record = run_case(case, args, str(teacher_dir), payload, work)
-        records.append(record)
-        print(f"{case}: student accuracy {100 * record['student_accuracy']:.2f}% "
-              f"(case wall time {time.perf_counter() - t0:.0f} s)", flush=True)
+    earlier = earlier_results(args, out)
+    header["commands"] = [*earlier.get("commands", []), header["command"]]
+    records: list[Record] = earlier.get("records", [])
+    order = {c.name: i for i, c in enumerate(core_cases() + breadth_cases())}
+
+    def on_record(record: Record) -> None:
+        print(f"{record['case']}: student accuracy {100 * record['student_accuracy']:.2f}% "
+              f"(elapsed {time.perf_counter() - start:.0f} s)", flush=True)
+        records.sort(key=lambda r: order.get(r["case"], len(order)))
         results = summarize(header, records)
         write_json(out.with_suffix(".json"), results)
         write_markdown(out.with_suffix(".md"), results)
         write_png(out.with_suffix(".png"), results)
+
+    run_cases(selected_cases(args), args, str(teacher_dir), payload, work, records, on_record)
     return 0
 
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from benchmarks.distillation.breadth import breadth_targets
 from shared.io import atomic_path, atomic_write_text
 
 ORDER = ["cs-only", "mi", "mi+cs", "mi*"]
@@ -13,6 +14,11 @@ ORDER = ["cs-only", "mi", "mi+cs", "mi*"]
 
 def distill_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in records if r["mode"] != "full-data"]
+
+
+def is_variant(record: dict[str, Any]) -> bool:
+    """A breadth variant (``BASE:MODE@option=...``) of a core case, kept out of the core targets."""
+    return "@" in record.get("case", "")
 
 
 def summarize(header: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -23,7 +29,8 @@ def summarize(header: dict[str, Any], records: list[dict[str, Any]]) -> dict[str
     fb = sum(r["forward_backward_fraction"] * r["seconds"] for r in runs) / seconds if seconds else None
     out = dict(header) | {"full_data_student_accuracy": full["student_accuracy"] if full else None,
                           "forward_backward_fraction": fb, "records": records}
-    out["targets"] = _targets(runs, full)
+    out["targets"] = _targets([r for r in runs if not is_variant(r)], full)
+    out["breadth_targets"] = breadth_targets(records)
     return out
 
 
@@ -55,23 +62,27 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}"
 
 
+def _fmt(value: Any) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
 def write_markdown(path: Path, results: dict[str, Any]) -> None:
     lines = [
         "# Distillation benchmark (FMNIST-CPU)", "",
         f"- date: {results['date']}", f"- machine: {results['machine']}", f"- command: `{results['command']}`",
         f"- teacher: {results['teacher']['arch']} ({_pct(results['teacher']['accuracy'])}% test accuracy)",
         f"- student: {results['student_arch']}; condensed set: {results['condensed']['description']}",
-        f"- budget: {results['budget_seconds']:.0f} s of training wall time (synthesis + KD) per run; "
-        f"{results['threads']} torch thread(s)",
+        f"- budget: {results['budget_seconds']:.0f} s of training wall time (synthesis + KD) per run unless the "
+        f"case says x2; {results['threads']} torch thread(s) per run, {results.get('workers', 1)} run(s) at a time",
         f"- full real data (upper bound): {_pct(results['full_data_student_accuracy'])}%",
         f"- share of distillation time in model forward/backward: {_pct(results['forward_backward_fraction'])}%",
-        "", "| base | mode | student acc. (%) | train s | synthesis s | KD s | other s | epochs | pool | "
-        "fwd/bwd share | peak MB |", "|---|---|---|---|---|---|---|---|---|---|---|",
+        "", "| case | student acc. (%) | train s | synthesis s | KD s | other s | epochs | pool | "
+        "fwd/bwd share | peak MB |", "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["records"]:
         fb = r.get("forward_backward_fraction")
         lines.append(
-            f"| {r['base']} | {r['mode']} | {_pct(r['student_accuracy'])} | {r['seconds']:.0f} | "
+            f"| {r.get('case', r['base'] + ':' + r['mode'])} | {_pct(r['student_accuracy'])} | {r['seconds']:.0f} | "
             f"{r['synthesis_seconds']:.0f} | {r['kd_seconds']:.0f} | {r['other_seconds']:.0f} | {r['epochs']} | "
             f"{r.get('pool_samples_at_end', '-')} | {'-' if fb is None else f'{100 * fb:.0f}%'} | "
             f"{r['peak_memory_mb']:.0f} |")
@@ -82,29 +93,31 @@ def write_markdown(path: Path, results: dict[str, Any]) -> None:
                      f"{t.get('gain_target_met')}); gap to full data "
                      f"{t.get('gap_to_full_data_points', float('nan')):.2f} points (target <= 3: "
                      f"{t.get('full_data_target_met')})")
+    for name, t in results.get("breadth_targets", {}).items():
+        lines.append(f"- {name}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in t.items()))
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
-def write_png(path: Path, results: dict[str, Any]) -> None:
-    """Left: student accuracy vs training time per run. Right: time split per run."""
-    import matplotlib
+def _label(record: dict[str, Any]) -> str:
+    return record.get("case", f"{record['base']}:{record['mode']}")
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    runs = distill_records(results["records"])
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 4.8))
+def _curves(ax: Any, runs: list[dict[str, Any]], full: float | None) -> None:
     for r in runs:
         if r["curve"]:
             ax.plot([p["seconds"] for p in r["curve"]], [100 * p["accuracy"] for p in r["curve"]],
-                    label=f"{r['base']} {r['mode']}", linestyle="-" if r["mode"] == "mi*" else "--")
-    if results["full_data_student_accuracy"] is not None:
-        ax.axhline(100 * results["full_data_student_accuracy"], color="k", linewidth=0.8, label="full real data")
+                    label=_label(r), linestyle="-" if r["mode"] == "mi*" else "--")
+    if full is not None:
+        ax.axhline(100 * full, color="k", linewidth=0.8, label="full real data")
     ax.set_xlabel("training wall time (s)")
     ax.set_ylabel("student test accuracy (%)")
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    names = [f"{r['base']}\n{r['mode']}" for r in runs]
+
+
+def _time_split(bx: Any, runs: list[dict[str, Any]]) -> None:
+    names = [_label(r).replace("@", "\n@") for r in runs]
     syn = [r["synthesis_seconds"] for r in runs]
     kd = [r["kd_seconds"] for r in runs]
     other = [r["other_seconds"] for r in runs]
@@ -112,8 +125,25 @@ def write_png(path: Path, results: dict[str, Any]) -> None:
     bx.bar(names, kd, bottom=syn, label="KD")
     bx.bar(names, other, bottom=[s + k for s, k in zip(syn, kd, strict=True)], label="other (eval, ckpt)")
     bx.set_ylabel("seconds")
-    bx.tick_params(axis="x", labelsize=7)
+    bx.tick_params(axis="x", labelsize=6, rotation=30)
     bx.legend(fontsize=7)
+
+
+def write_png(path: Path, results: dict[str, Any]) -> None:
+    """Per row (core cases, then breadth cases if any): accuracy vs training time, and time split per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = distill_records(results["records"])
+    core = [r for r in runs if not is_variant(r) and r["base"] in ("none", "fast", "deepinversion")]
+    breadth = [r for r in runs if r not in core]
+    rows = [core] + ([breadth] if breadth else [])
+    fig, axes = plt.subplots(len(rows), 2, figsize=(14, 5 * len(rows)), squeeze=False)
+    for (ax, bx), row in zip(axes, rows, strict=True):
+        _curves(ax, row, results["full_data_student_accuracy"])
+        _time_split(bx, row)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
