@@ -12,6 +12,7 @@ os.environ.setdefault("CONDEX_QUIET", "1")
 import torch
 from torch import nn
 
+from server.distill import CondensedSet
 from shared.checkpoint import ModelCard, card_for_dataset
 from shared.data import LabeledImages, load_dataset
 from shared.device import torch_threads
@@ -49,3 +50,15 @@ def tiny_teacher(fmnist_train: LabeledImages) -> tuple[nn.Module, ModelCard]:
     for p in net.parameters():
         p.requires_grad_(False)
     return net.eval(), card_for_dataset(fmnist_train.info, "resnet8", {"width": 4}, role="teacher")
+
+
+@pytest.fixture(scope="session")
+def engine_data(fmnist_train: LabeledImages, fmnist_test: LabeledImages) -> tuple[LabeledImages, LabeledImages]:
+    """What the engine tests distil from and evaluate on: the real training set and 300 real test images."""
+    return fmnist_train, fmnist_test.subset(range(300))
+
+
+@pytest.fixture(scope="session")
+def tiny_condensed(fmnist_train: LabeledImages) -> CondensedSet:
+    """A condensed set of 3 real training images per class (selection is the ``real`` baseline's)."""
+    return CondensedSet.from_real(fmnist_train, 3, seed=0)

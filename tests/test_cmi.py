@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from server.distill import CondensedSet, Distiller
+from server.distill import Distiller
 from server.inversion import FeatureAlignment, Generator, InversionContext, build_method, inversion_methods
 from server.inversion.cmi import (
     ContrastiveModelInversion,
@@ -19,7 +19,6 @@ from server.inversion.cmi import (
     local_view,
 )
 from shared.config.distill import DistillConfig
-from shared.data import load_dataset
 from shared.errors import ConfigError
 from shared.models import batchnorm_layers, build_model
 
@@ -27,21 +26,6 @@ MEAN, STD = (0.286,), (0.353,)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def data():
-    return load_dataset("fashion_mnist", "train"), load_dataset("fashion_mnist", "test").subset(range(300))
-
-
-@pytest.fixture(scope="module")
-def teacher(tiny_teacher):
-    return tiny_teacher
-
-
-@pytest.fixture(scope="module")
-def condensed(data):
-    return CondensedSet.from_real(data[0], 3, seed=0)
 
 
 def make_method(teacher, condensed=None, **overrides) -> ContrastiveModelInversion:
@@ -97,31 +81,31 @@ def test_info_nce_negatives_and_values() -> None:
     assert contrastive_logits(anchor, anchor, bank[:0], 0.1).shape == (5, 5)  # empty bank: batch negatives only
 
 
-def test_embeddings_are_per_bn_layer_instance_means(teacher) -> None:
-    method = make_method(teacher)
-    dim = sum(layer.num_features for layer in batchnorm_layers(teacher[0]))
+def test_embeddings_are_per_bn_layer_instance_means(tiny_teacher) -> None:
+    method = make_method(tiny_teacher)
+    dim = sum(layer.num_features for layer in batchnorm_layers(tiny_teacher[0]))
     assert method.embed.dim == dim
     emb = method.embeddings(torch.randn(4, 1, 28, 28))
     assert emb.shape == (4, dim) and bool(torch.isfinite(emb).all())
 
 
-def test_contrastive_term_is_finite_and_trains_generator_and_head(teacher) -> None:
+def test_contrastive_term_is_finite_and_trains_generator_and_head(tiny_teacher) -> None:
     torch.manual_seed(0)
-    method = make_method(teacher)
+    method = make_method(tiny_teacher)
     gen = method.ctx.generator
     images = gen(gen.sample_latent(12))
-    terms = method.extra_losses(images, teacher[0](images))
+    terms = method.extra_losses(images, tiny_teacher[0](images))
     assert set(terms) == {"cr"} and bool(torch.isfinite(terms["cr"]))
     terms["cr"].backward()
     for module in (gen, method.head):
         grads = [p.grad for p in module.parameters() if p.grad is not None]
         assert grads and sum(float(g.abs().sum()) for g in grads) > 0
-    assert make_method(teacher, cmi_weight=0.0).extra_losses(images.detach(), teacher[0](images)) == {}
+    assert make_method(tiny_teacher, cmi_weight=0.0).extra_losses(images.detach(), tiny_teacher[0](images)) == {}
 
 
-def test_synthesize_fills_the_bank_and_logs_every_term(teacher, condensed) -> None:
+def test_synthesize_fills_the_bank_and_logs_every_term(tiny_teacher, tiny_condensed) -> None:
     torch.manual_seed(0)
-    method = make_method(teacher, condensed)
+    method = make_method(tiny_teacher, tiny_condensed)
     for step in range(4):
         batch = method.synthesize()
         assert len(method.bank) == min(30, 12 * (step + 1))
@@ -131,15 +115,15 @@ def test_synthesize_fills_the_bank_and_logs_every_term(teacher, condensed) -> No
     # the newest bank entries are the returned images' global-view embeddings: same samples, new views
     assert method.bank.negatives().shape == (30, method.embed.dim)
     state = method.state_dict()
-    other = make_method(teacher, condensed)
+    other = make_method(tiny_teacher, tiny_condensed)
     other.load_state_dict(state)
     assert torch.equal(other.bank.negatives(), method.bank.negatives())
 
 
 @pytest.mark.parametrize("reset", [True, False])
-def test_reset_generator_mode_reinitialises_every_batch(teacher, reset: bool) -> None:
+def test_reset_generator_mode_reinitialises_every_batch(tiny_teacher, reset: bool) -> None:
     torch.manual_seed(0)
-    method = make_method(teacher, cmi_reset_generator=reset, g_steps=1)
+    method = make_method(tiny_teacher, cmi_reset_generator=reset, g_steps=1)
     gen = method.ctx.generator
     bn = [m for m in gen.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     for _ in range(3):
@@ -159,14 +143,14 @@ def test_teacher_without_batchnorm_is_refused() -> None:
 
 
 @pytest.mark.parametrize("mode", ["mi", "mi*"])
-def test_distillation_loop_runs_with_cmi(data, teacher, condensed, tmp_path, mode: str) -> None:
+def test_distillation_loop_runs_with_cmi(engine_data, tiny_teacher, tiny_condensed, tmp_path, mode: str) -> None:
     assert inversion_methods.get("cmi") is ContrastiveModelInversion
-    net, card = teacher
+    net, card = tiny_teacher
     cfg = DistillConfig(base="cmi", mode=mode, epochs=2, synthesis_batch_size=12, generator_width=8,
                         kd_batch_size=32, kd_steps=2, condensed_batch_size=16, discriminator_hidden=16,
                         warmup_epochs=1, eval_every_seconds=0.0, checkpoint_every=0, grid_every=0,
                         cmi_bank_size=64, cmi_head_dim=16)
-    distiller = Distiller(cfg, net, card, condensed, data[1], tmp_path, seed=0, progress=False)
+    distiller = Distiller(cfg, net, card, tiny_condensed, engine_data[1], tmp_path, seed=0, progress=False)
     result = distiller.fit()
     epochs = [r for r in distiller.run.read_metrics() if r["event"] == "epoch"]
     assert len(epochs) == 2 and all("cr" in r and r["bank"] == 12 * (i + 1) for i, r in enumerate(epochs))
@@ -174,15 +158,15 @@ def test_distillation_loop_runs_with_cmi(data, teacher, condensed, tmp_path, mod
     assert result.accuracy is not None
 
 
-def test_resume_reproduces_the_uninterrupted_run(data, teacher, condensed, tmp_path) -> None:
-    net, card = teacher
+def test_resume_reproduces_the_uninterrupted_run(engine_data, tiny_teacher, tiny_condensed, tmp_path) -> None:
+    net, card = tiny_teacher
 
     def run(path, epochs: int, resume: bool = False) -> list[tuple]:
         cfg = DistillConfig(base="cmi", mode="mi*", epochs=epochs, synthesis_batch_size=12, generator_width=8,
                             kd_batch_size=32, kd_steps=2, condensed_batch_size=16, discriminator_hidden=16,
                             warmup_epochs=1, eval_every_seconds=1e9, checkpoint_every=0, grid_every=0,
                             cmi_bank_size=20, cmi_head_dim=16, lr_schedule="constant")
-        distiller = Distiller(cfg, net, card, condensed, None, path, seed=3, progress=False)
+        distiller = Distiller(cfg, net, card, tiny_condensed, None, path, seed=3, progress=False)
         distiller.fit(resume=resume)
         return [(r["epoch"], r["kd_loss"], r["cr"], r["g_loss"]) for r in distiller.run.read_metrics()
                 if r["event"] == "epoch"]

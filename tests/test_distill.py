@@ -12,25 +12,9 @@ from server.kd_losses import get_kd_loss, kd_losses
 from server.pool import SamplePool, samplers
 from shared.checkpoint import load_checkpoint, save_checkpoint
 from shared.config.distill import DistillConfig
-from shared.data import load_dataset
 from shared.errors import ConfigError, PayloadError, UnknownNameError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def data():
-    return load_dataset("fashion_mnist", "train"), load_dataset("fashion_mnist", "test").subset(range(500))
-
-
-@pytest.fixture(scope="module")
-def teacher(tiny_teacher):
-    return tiny_teacher
-
-
-@pytest.fixture(scope="module")
-def condensed(data):
-    return CondensedSet.from_real(data[0], 3, seed=0)
 
 
 def tiny_cfg(**overrides) -> DistillConfig:
@@ -101,10 +85,10 @@ def test_kl_loss_per_sample() -> None:
 
 
 # -- the loop -----------------------------------------------------------------------------------------
-def test_guided_end_to_end(teacher, condensed, data, tmp_path) -> None:
-    _, result = run(teacher, condensed, data[1], tmp_path / "run", base="fast", mode="mi*")
+def test_guided_end_to_end(tiny_teacher, tiny_condensed, engine_data, tmp_path) -> None:
+    _, result = run(tiny_teacher, tiny_condensed, engine_data[1], tmp_path / "run", base="fast", mode="mi*")
     assert result.epochs == 3 and result.accuracy is not None and 0.0 <= result.accuracy <= 1.0
-    assert result.pool_size == len(condensed) + 3 * 16
+    assert result.pool_size == len(tiny_condensed) + 3 * 16
     assert 0.0 < result.compute_fraction <= 1.0
     assert {"synthesis", "kd"} <= set(result.phase_seconds)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -115,7 +99,7 @@ def test_guided_end_to_end(teacher, condensed, data, tmp_path) -> None:
     assert all(torch.isfinite(torch.tensor(r["kd_loss"])) for r in epochs)
     _, card = load_checkpoint(tmp_path / "run" / "student")
     assert card.role == "student" and card.arch == "lenet5_half" and card.provenance["distill"]["mode"] == "mi*"
-    assert card.provenance["payloads"] == condensed.sources
+    assert card.provenance["payloads"] == tiny_condensed.sources
     assert (tmp_path / "run" / "grids" / "condensed.png").is_file()
     assert any(p.name.startswith("synthetic_epoch") for p in (tmp_path / "run" / "grids").iterdir())
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -123,21 +107,22 @@ def test_guided_end_to_end(teacher, condensed, data, tmp_path) -> None:
 
 
 @pytest.mark.parametrize(("mode", "base"), [("cs-only", "fast"), ("mi", "deepinversion"), ("mi+cs", "fast")])
-def test_modes(teacher, condensed, data, tmp_path, mode: str, base: str) -> None:
-    distiller, result = run(teacher, condensed, data[1], tmp_path / mode, mode=mode, base=base, epochs=2,
-                            checkpoint_every=0, grid_every=0)
+def test_modes(tiny_teacher, tiny_condensed, engine_data, tmp_path, mode: str, base: str) -> None:
+    distiller, result = run(tiny_teacher, tiny_condensed, engine_data[1], tmp_path / mode, mode=mode, base=base,
+                            epochs=2, checkpoint_every=0, grid_every=0)
     synthetic = 0 if mode == "cs-only" else 2 * 16
-    condensed_n = 0 if mode == "mi" else len(condensed)
+    condensed_n = 0 if mode == "mi" else len(tiny_condensed)
     assert result.pool_size == synthetic + condensed_n
     assert (distiller.generator is None) == (mode == "cs-only")
     assert distiller.guidance is None
 
 
-def test_resume_reproduces_next_losses(teacher, condensed, data, tmp_path) -> None:
+def test_resume_reproduces_next_losses(tiny_teacher, tiny_condensed, engine_data, tmp_path) -> None:
     full_dir, part_dir = tmp_path / "full", tmp_path / "part"
-    run(teacher, condensed, data[1], full_dir, epochs=4, base="deepinversion")
-    run(teacher, condensed, data[1], part_dir, epochs=2, base="deepinversion")
-    distiller, _ = run(teacher, condensed, data[1], part_dir, resume=True, epochs=4, base="deepinversion")
+    run(tiny_teacher, tiny_condensed, engine_data[1], full_dir, epochs=4, base="deepinversion")
+    run(tiny_teacher, tiny_condensed, engine_data[1], part_dir, epochs=2, base="deepinversion")
+    distiller, _ = run(tiny_teacher, tiny_condensed, engine_data[1], part_dir, resume=True, epochs=4,
+                       base="deepinversion")
     assert distiller.epoch == 4
 
     def losses(path):
@@ -152,17 +137,18 @@ def test_resume_reproduces_next_losses(teacher, condensed, data, tmp_path) -> No
         assert torch.equal(pa, pb), name
 
 
-def test_resume_refuses_changed_config(teacher, condensed, data, tmp_path) -> None:
-    run(teacher, condensed, data[1], tmp_path / "r", epochs=1, mode="mi+cs")
+def test_resume_refuses_changed_config(tiny_teacher, tiny_condensed, engine_data, tmp_path) -> None:
+    run(tiny_teacher, tiny_condensed, engine_data[1], tmp_path / "r", epochs=1, mode="mi+cs")
     with pytest.raises(ConfigError, match=r"distill\.temperature"):
-        run(teacher, condensed, data[1], tmp_path / "r", resume=True, epochs=2, mode="mi+cs", temperature=2.0)
+        run(tiny_teacher, tiny_condensed, engine_data[1], tmp_path / "r", resume=True, epochs=2, mode="mi+cs",
+            temperature=2.0)
     with pytest.raises(Exception, match="no checkpoint"):
-        run(teacher, condensed, data[1], tmp_path / "missing", resume=True)
+        run(tiny_teacher, tiny_condensed, engine_data[1], tmp_path / "missing", resume=True)
 
 
 # -- input checks -------------------------------------------------------------------------------------
-def test_condensed_shape_and_class_mismatch(teacher, data, tmp_path) -> None:
-    net, card = teacher
+def test_condensed_shape_and_class_mismatch(tiny_teacher, engine_data, tmp_path) -> None:
+    net, card = tiny_teacher
     wrong_size = CondensedSet(torch.zeros(4, 1, 32, 32), torch.zeros(4, dtype=torch.long))
     with pytest.raises(PayloadError, match=r"\(1, 28, 28\)"):
         Distiller(tiny_cfg(), net, card, wrong_size, None, tmp_path / "a", progress=False)
@@ -175,10 +161,10 @@ def test_condensed_shape_and_class_mismatch(teacher, data, tmp_path) -> None:
         CondensedSet(torch.zeros(4, 28, 28), torch.zeros(4, dtype=torch.long))
 
 
-def test_load_condensed_checks_payloads(teacher, tmp_path) -> None:
+def test_load_condensed_checks_payloads(tiny_teacher, tmp_path) -> None:
     from shared.payload import CondensedPayload, PayloadMeta
 
-    _, card = teacher
+    _, card = tiny_teacher
 
     def payload(dataset: str, size: int, labels: list[int]) -> CondensedPayload:
         meta = PayloadMeta(method="real", dataset=dataset, ipc=2, num_classes=10, channels=1, height=size,
@@ -211,10 +197,10 @@ def test_config_validation_names_fields() -> None:
         DistillConfig(epochs=0, budget_seconds=0).validate()
 
 
-def test_cli_distill_and_export(teacher, tmp_path) -> None:
+def test_cli_distill_and_export(tiny_teacher, tmp_path) -> None:
     from shared.cli import main
 
-    net, card = teacher
+    net, card = tiny_teacher
     save_checkpoint(tmp_path / "teacher", net, card)
     out = tmp_path / "cli"
     code = main(["distill", "--teacher", str(tmp_path / "teacher"), "--condensed", "real:2", "--method", "fast",

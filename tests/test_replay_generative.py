@@ -13,20 +13,9 @@ from server.distill import CondensedSet, Distiller
 from server.pool import replays
 from server.replay_generative import GenerativeReplay, ReplayVAE, build_generative_replay
 from shared.config.distill import DistillConfig
-from shared.data import load_dataset
 from shared.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def data():
-    return load_dataset("fashion_mnist", "train"), load_dataset("fashion_mnist", "test").subset(range(300))
-
-
-@pytest.fixture(scope="module")
-def teacher(tiny_teacher):
-    return tiny_teacher
 
 
 def _real(data, start: int, n: int, teacher) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -49,27 +38,27 @@ def test_vae_shapes_and_differentiable_loss(channels: int, size: int) -> None:
     assert all(p.grad is not None and bool(torch.isfinite(p.grad).all()) for p in vae.parameters())
 
 
-def test_registered_and_config_checks(teacher) -> None:
+def test_registered_and_config_checks(tiny_teacher) -> None:
     assert replays.get("generative") is build_generative_replay
     with pytest.raises(ConfigError, match=r"distill\.sampler"):
-        GenerativeReplay(DistillConfig(sampler="ssd"), None, teacher[0])
+        GenerativeReplay(DistillConfig(sampler="ssd"), None, tiny_teacher[0])
 
 
-def test_memory_is_constant_over_steps(data, teacher) -> None:
+def test_memory_is_constant_over_steps(engine_data, tiny_teacher) -> None:
     torch.manual_seed(0)
     cfg = DistillConfig(vae_latent_dim=8, vae_width=4, vae_steps=2)
-    condensed = _real(data, 0, 20, teacher)
-    replay = GenerativeReplay(cfg, condensed, teacher[0])
+    tiny_condensed = _real(engine_data, 0, 20, tiny_teacher)
+    replay = GenerativeReplay(cfg, tiny_condensed, tiny_teacher[0])
     sizes, lengths = [], []
     for step in range(12):
-        replay.add(*_real(data, 100 + 16 * step, 16, teacher))
+        replay.add(*_real(engine_data, 100 + 16 * step, 16, tiny_teacher))
         sizes.append(replay.stored_bytes())
         lengths.append(len(replay))
         replay.sample(32)
     assert len(set(sizes)) == 1, sizes  # nothing grows with the number of batches seen
     assert set(lengths) == {20 + 16} and replay.seen == 12 * 16 and replay.vae_steps_done == 24
     # the VAE learns the stream: its loss on a seen batch drops with training
-    batch = _real(data, 100, 16, teacher)[0]
+    batch = _real(engine_data, 100, 16, tiny_teacher)[0]
     untrained = ReplayVAE(1, (28, 28), 8, 4)
     torch.manual_seed(1)
     fresh_loss = float(untrained.loss(batch).detach())
@@ -77,17 +66,17 @@ def test_memory_is_constant_over_steps(data, teacher) -> None:
     assert replay.vae is not None and float(replay.vae.loss(batch).detach()) < fresh_loss
 
 
-def test_batch_composition_and_teacher_labels(data, teacher) -> None:
+def test_batch_composition_and_teacher_labels(engine_data, tiny_teacher) -> None:
     torch.manual_seed(0)
     cfg = DistillConfig(vae_latent_dim=8, vae_width=4, vae_replay_fraction=0.5, pool_cap=20)
-    condensed = _real(data, 0, 20, teacher)
-    replay = GenerativeReplay(cfg, condensed, teacher[0])
-    only_condensed = replay.sample(16)  # nothing synthesised yet (mode cs-only): condensed only
+    tiny_condensed = _real(engine_data, 0, 20, tiny_teacher)
+    replay = GenerativeReplay(cfg, tiny_condensed, tiny_teacher[0])
+    only_condensed = replay.sample(16)  # nothing synthesised yet (mode cs-only): tiny_condensed only
     assert bool((only_condensed.indices < 20).all()) and bool((only_condensed.indices >= 0).all())
-    replay.add(*_real(data, 100, 16, teacher))
+    replay.add(*_real(engine_data, 100, 16, tiny_teacher))
     counts = torch.tensor([replay.split(64) for _ in range(200)]).float()
     assert bool((counts.sum(1) == 64).all())
-    # condensed share = 20 / (20 + min(seen=16, cap=20)); the rest split half fresh, half replayed
+    # tiny_condensed share = 20 / (20 + min(seen=16, cap=20)); the rest split half fresh, half replayed
     assert float(counts[:, 0].mean()) == pytest.approx(64 * 20 / 36, rel=0.1)
     assert bool(((counts[:, 1] - counts[:, 2]).abs() <= 1).all())
     batch = replay.sample(64)
@@ -95,23 +84,23 @@ def test_batch_composition_and_teacher_labels(data, teacher) -> None:
     replayed = batch.indices == -1
     assert int(replayed.sum()) > 0
     with torch.no_grad():
-        logits = teacher[0](batch.images[replayed])
+        logits = tiny_teacher[0](batch.images[replayed])
     torch.testing.assert_close(batch.teacher_logits[replayed], logits)
     assert torch.equal(batch.labels[replayed], logits.argmax(1))
     stored = ~replayed
     torch.testing.assert_close(batch.labels[stored][batch.indices[stored] < 20],
-                               condensed[1][batch.indices[stored][batch.indices[stored] < 20]])
-    no_teacher = GenerativeReplay(cfg, condensed)
-    no_teacher.add(*_real(data, 100, 16, teacher))
-    with pytest.raises(ConfigError, match="teacher"):  # a draw with replayed samples needs the teacher
+                               tiny_condensed[1][batch.indices[stored][batch.indices[stored] < 20]])
+    no_teacher = GenerativeReplay(cfg, tiny_condensed)
+    no_teacher.add(*_real(engine_data, 100, 16, tiny_teacher))
+    with pytest.raises(ConfigError, match="teacher"):  # a draw with replayed samples needs the tiny_teacher
         no_teacher.sample(64)
 
 
-def test_state_round_trip(data, teacher) -> None:
+def test_state_round_trip(engine_data, tiny_teacher) -> None:
     cfg = DistillConfig(vae_latent_dim=8, vae_width=4)
-    replay = GenerativeReplay(cfg, None, teacher[0])
-    replay.add(*_real(data, 100, 16, teacher))
-    restored = GenerativeReplay(cfg, None, teacher[0])
+    replay = GenerativeReplay(cfg, None, tiny_teacher[0])
+    replay.add(*_real(engine_data, 100, 16, tiny_teacher))
+    restored = GenerativeReplay(cfg, None, tiny_teacher[0])
     restored.load_state_dict(replay.state_dict())
     assert restored.seen == 16 and len(restored) == 16 and restored.vae is not None and replay.vae is not None
     for a, b in zip(restored.vae.parameters(), replay.vae.parameters(), strict=True):
@@ -119,16 +108,16 @@ def test_state_round_trip(data, teacher) -> None:
 
 
 @pytest.mark.parametrize("mode", ["mi", "mi*"])
-def test_distillation_loop_runs_with_generative_replay(data, teacher, tmp_path, mode: str) -> None:
-    net, card = teacher
+def test_distillation_loop_runs_with_generative_replay(engine_data, tiny_teacher, tmp_path, mode: str) -> None:
+    net, card = tiny_teacher
     cfg = DistillConfig(epochs=3, synthesis_batch_size=16, generator_width=8, kd_batch_size=32, kd_steps=3,
                         condensed_batch_size=16, discriminator_hidden=16, warmup_epochs=1, eval_every_seconds=0.0,
                         checkpoint_every=0, grid_every=0, replay="generative", vae_latent_dim=8, vae_width=4, mode=mode)
-    distiller = Distiller(cfg, net, card, CondensedSet.from_real(data[0], 3), data[1], tmp_path, seed=0,
+    distiller = Distiller(cfg, net, card, CondensedSet.from_real(engine_data[0], 3), engine_data[1], tmp_path, seed=0,
                           progress=False)
     replay = distiller.pool
     assert isinstance(replay, GenerativeReplay)
-    assert replay.teacher is distiller.teacher  # the loop hands its teacher to the replay factory
+    assert replay.teacher is distiller.teacher  # the loop hands its tiny_teacher to the replay factory
     result = distiller.fit()
     n_cond = 0 if mode == "mi" else 30
     assert result.pool_size == n_cond + 16 and result.synthetic_seen == 3 * 16
@@ -138,15 +127,15 @@ def test_distillation_loop_runs_with_generative_replay(data, teacher, tmp_path, 
     assert result.accuracy is not None
 
 
-def test_resume_reproduces_the_uninterrupted_run(data, teacher, tmp_path) -> None:
-    net, card = teacher
-    condensed = CondensedSet.from_real(data[0], 3)
+def test_resume_reproduces_the_uninterrupted_run(engine_data, tiny_teacher, tmp_path) -> None:
+    net, card = tiny_teacher
+    tiny_condensed = CondensedSet.from_real(engine_data[0], 3)
 
     def run(path, epochs: int, resume: bool = False) -> list[tuple]:
         cfg = DistillConfig(mode="mi+cs", epochs=epochs, synthesis_batch_size=16, generator_width=8, kd_batch_size=32,
                             kd_steps=3, warmup_epochs=1, eval_every_seconds=1e9, checkpoint_every=0, grid_every=0,
                             replay="generative", vae_latent_dim=8, vae_width=4, lr_schedule="constant")
-        distiller = Distiller(cfg, net, card, condensed, None, path, seed=3, progress=False)
+        distiller = Distiller(cfg, net, card, tiny_condensed, None, path, seed=3, progress=False)
         distiller.fit(resume=resume)
         return [(r["epoch"], r["kd_loss"], r["g_loss"]) for r in distiller.run.read_metrics() if r["event"] == "epoch"]
 

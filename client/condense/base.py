@@ -15,6 +15,7 @@ from typing import ClassVar
 
 import torch
 
+from shared.augment.dsa import SiameseAugment
 from shared.config.condense import CondenseConfig
 from shared.data import LabeledImages
 from shared.data.registry import DatasetInfo
@@ -155,6 +156,26 @@ def init_synthetic(local: LocalData, cfg: CondenseConfig,
     else:
         images = torch.randn((len(groups), *local.images.shape[1:]), generator=generator).to(local.device)
     return clamp_to_pixels(images, local.info), groups
+
+
+@dataclass
+class Learnable:
+    """The synthetic images a matching method optimises, with what it builds around them."""
+
+    images: torch.Tensor  # normalised, requires grad
+    groups: torch.Tensor  # group id of every image
+    labels: torch.Tensor  # dataset class of every image
+    optimizer: torch.optim.Optimizer
+    augment: SiameseAugment | None  # the same DSA draw for real and synthetic batches, when enabled
+
+
+def learnable(local: LocalData, cfg: CondenseConfig, generator: torch.Generator, lr_img: float) -> Learnable:
+    syn, groups = init_synthetic(local, cfg, generator)
+    syn.requires_grad_(True)
+    labels = torch.tensor(local.classes, device=groups.device)[groups]
+    optimizer = torch.optim.SGD([syn], lr=lr_img, momentum=cfg.momentum)
+    augment = SiameseAugment(cfg.dsa_strategy, generator=generator) if cfg.dsa else None
+    return Learnable(syn, groups, labels, optimizer, augment)
 
 
 def pixel_bounds(info: DatasetInfo, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

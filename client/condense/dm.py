@@ -23,7 +23,7 @@ from client.condense.base import (
     clamp_to_pixels,
     condensers,
     group_means,
-    init_synthetic,
+    learnable,
     matching_net,
     sample_real,
 )
@@ -39,10 +39,8 @@ class DistributionMatching(Condenser):
 
     def synthesize(self, local: LocalData, cfg: CondenseConfig, generator: torch.Generator,
                    progress: bool) -> Synthesis:
-        syn, groups = init_synthetic(local, cfg, generator)
-        syn.requires_grad_(True)
-        optimizer = torch.optim.SGD([syn], lr=self.lr_img(cfg), momentum=cfg.momentum)
-        augment = SiameseAugment(cfg.dsa_strategy, generator=generator) if cfg.dsa else None
+        state = learnable(local, cfg, generator, self.lr_img(cfg))
+        syn, groups, optimizer, augment = state.images, state.groups, state.optimizer, state.augment
         self.begin(local, cfg)
         losses: list[float] = []
         budget = TimeBudget(cfg.time_budget_s)
@@ -62,8 +60,7 @@ class DistributionMatching(Condenser):
                 bar.advance(loss=losses[-1])
                 if budget.exhausted():
                     break
-        labels = torch.tensor(local.classes, device=groups.device)[groups]
-        return Synthesis(syn.detach(), labels, len(losses), losses, self.report())
+        return Synthesis(syn.detach(), state.labels, len(losses), losses, self.report())
 
     # --- hooks the DP variant overrides ---
     def begin(self, local: LocalData, cfg: CondenseConfig) -> None:

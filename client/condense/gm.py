@@ -22,7 +22,7 @@ from client.condense.base import (
     TimeBudget,
     clamp_to_pixels,
     condensers,
-    init_synthetic,
+    learnable,
     matching_net,
     sample_real,
 )
@@ -61,12 +61,10 @@ class GradientMatching(Condenser):
 
     def synthesize(self, local: LocalData, cfg: CondenseConfig, generator: torch.Generator,
                    progress: bool) -> Synthesis:
-        syn, groups = init_synthetic(local, cfg, generator)
-        syn.requires_grad_(True)
-        labels = torch.tensor(local.classes, device=groups.device)[groups]
+        state = learnable(local, cfg, generator, self.lr_img(cfg))
+        syn, groups, labels, optimizer, augment = (state.images, state.groups, state.labels, state.optimizer,
+                                                   state.augment)
         outer, inner = self.schedule(cfg)
-        optimizer = torch.optim.SGD([syn], lr=self.lr_img(cfg), momentum=cfg.momentum)
-        augment = SiameseAugment(cfg.dsa_strategy, generator=generator) if cfg.dsa else None
         self.begin(local, cfg, releases=cfg.iterations * outer)
         losses: list[float] = []
         budget = TimeBudget(cfg.time_budget_s)
