@@ -282,28 +282,16 @@ class EngineResult:
     details: dict[str, Any]
 
 
-def condensed_set(payloads: Mapping[int, CondensedPayload], card: ModelCard) -> Any:
-    """The engine's input: every accepted payload in the *teacher's* normalised space (a site may have
-    condensed with its own statistics; pixels are what is shared), tagged with its node id."""
-    from server.distill import CondensedSet
-    from shared.data import normalize
-
-    stats = (tuple(card.mean), tuple(card.std))
-    images = torch.cat([normalize(p.images.float(), stats) for p in payloads.values()])
-    labels = torch.cat([p.labels for p in payloads.values()])
-    eps = [p.meta.epsilon for p in payloads.values() if p.meta.epsilon is not None]
-    return CondensedSet(images, labels, [f"node:{node}" for node in payloads], max(eps) if eps else None)
-
-
 def run_engine(teacher: nn.Module, teacher_card: ModelCard, teacher_path: Path,
                payloads: Mapping[int, CondensedPayload], cfg: CondexConfig, out_dir: Path,
                test_set: Any) -> EngineResult:
     """Guided model inversion + KD on the accepted payloads (``server.distill``), then the export."""
-    from server.distill import Distiller
+    from server.distill import Distiller, condensed_from_payloads
     from shared.device import select_device
 
+    condensed = condensed_from_payloads({f"node:{n}": p for n, p in payloads.items()}, teacher_card)
     distiller = Distiller(
-        cfg.distill, teacher, teacher_card, condensed_set(payloads, teacher_card), test_set, out_dir / "distill",
+        cfg.distill, teacher, teacher_card, condensed, test_set, out_dir / "distill",
         device=select_device(cfg.device), seed=cfg.seed, progress=sys.stdout.isatty(),
         provenance={"teacher_checkpoint": str(teacher_path), "federation": {"nodes": sorted(payloads)}},
     )

@@ -17,7 +17,7 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -46,6 +46,11 @@ from shared.models import build_model
 from shared.progress import progress_bar
 from shared.train import augment_batch, evaluate
 from shared.viz import save_class_grid
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from shared.payload import CondensedPayload
 
 # Config fields that may change between a run and its resumption (budgets and logging cadence only).
 RESUMABLE_CHANGES = {"epochs", "budget_seconds", "eval_every_seconds", "eval_samples", "checkpoint_every",
@@ -99,27 +104,25 @@ def load_condensed(path: str | Path, card: ModelCard) -> CondensedSet:
     files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
     if not files:
         raise PayloadError(f"--condensed {path}: no *.safetensors payload files in this folder")
-    images, labels, eps = [], [], []
-    for file in files:
-        payload = CondensedPayload.load(file)
-        meta = payload.meta
-        if meta.dataset != card.dataset:
-            raise PayloadError(f"{file}: meta.dataset={meta.dataset!r} but the teacher was trained on "
+    payloads = {str(file): CondensedPayload.load(file) for file in files}
+    for file, payload in payloads.items():
+        if payload.meta.dataset != card.dataset:
+            raise PayloadError(f"{file}: meta.dataset={payload.meta.dataset!r} but the teacher was trained on "
                                f"{card.dataset!r}; use payloads condensed from {card.dataset}")
-        if not (_close(meta.mean, card.mean) and _close(meta.std, card.std)):
-            raise PayloadError(f"{file}: meta.mean/std {meta.mean}/{meta.std} differ from the teacher's "
-                               f"{card.mean}/{card.std}; condense with the teacher's normalisation")
-        condensed = CondensedSet(payload.normalized(), payload.labels)
-        condensed.check(card.num_classes, (card.in_channels, card.image_size, card.image_size), str(file))
-        images.append(condensed.images)
-        labels.append(condensed.labels)
-        if meta.epsilon is not None:
-            eps.append(float(meta.epsilon))
-    return CondensedSet(torch.cat(images), torch.cat(labels), [str(f) for f in files], max(eps) if eps else None)
+    return condensed_from_payloads(payloads, card)
 
 
-def _close(a: list[float], b: list[float]) -> bool:
-    return len(a) == len(b) and all(abs(x - y) <= 1e-4 for x, y in zip(a, b, strict=True))
+def condensed_from_payloads(payloads: Mapping[str, CondensedPayload], card: ModelCard) -> CondensedSet:
+    """Payloads (by source name) as one condensed set in the *teacher's* normalised space: pixels are what
+    sites share, so a site that condensed with its own statistics is re-normalised, not rejected."""
+    stats = (tuple(card.mean), tuple(card.std))
+    shape = (card.in_channels, card.image_size, card.image_size)
+    sets = [CondensedSet(normalize(p.images.float(), stats), p.labels) for p in payloads.values()]
+    for source, condensed in zip(payloads, sets, strict=True):
+        condensed.check(card.num_classes, shape, source)
+    eps = [float(p.meta.epsilon) for p in payloads.values() if p.meta.epsilon is not None]
+    return CondensedSet(torch.cat([c.images for c in sets]), torch.cat([c.labels for c in sets]), list(payloads),
+                        max(eps) if eps else None)
 
 
 @dataclass
@@ -258,6 +261,12 @@ class Distiller:
             group["lr"] = self.cfg.lr_student * scale
 
     @property
+    def synthesis_spent(self) -> bool:
+        """``distill.synthetic_budget`` synthetic samples made: from now on the epochs are KD only."""
+        budget = self.cfg.synthetic_budget
+        return bool(budget) and getattr(self.pool, "seen", 0) >= budget
+
+    @property
     def train_seconds(self) -> float:
         return self.timer.total("synthesis", "kd")
 
@@ -270,7 +279,7 @@ class Distiller:
         """Algorithm 1, one iteration: synthesise + add to the pool, then ``kd_steps`` KD steps."""
         self._set_lr()
         record: dict[str, Any] = {"event": "epoch", "epoch": self.epoch + 1}
-        if self.cfg.synthesizes:
+        if self.cfg.synthesizes and not self.synthesis_spent:
             with self.timer.phase("synthesis"):
                 record.update(self._synthesize())
         with self.timer.phase("kd"):

@@ -26,7 +26,7 @@ def test_case_names_are_unique_and_cover_both_issues() -> None:
     names = [c.name for c in plan.core_cases() + breadth_cases()]
     assert len(names) == len(set(names))
     assert {"none:cs-only", "fast:mi*", "deepinversion:mi+cs", "full", "cmi:mi*", "fast:mi@replay=generative",
-            "fast:mi*@replay=generative,budget=x2", "fast:mi*@sampler=ssd,cap=1/4",
+            "fast:mi*@replay=generative,budget=x2", "fast:mi*@sampler=ssd,synthetic=1/4",
             "fast:mi*@kd_loss=kl_logit_std"} <= set(names)
 
 
@@ -38,11 +38,11 @@ def test_quarter_cap_needs_the_core_fast_star_record() -> None:
 
 def test_case_command_sets_case_overrides_after_global_ones(tmp_path: Path) -> None:
     args = parse_args(["--budget-seconds", "10", "--set", "distill.kd_steps=3"])
-    ssd = next(c for c in breadth_cases() if c.name == "fast:mi*@sampler=ssd,cap=1/4")
+    ssd = next(c for c in breadth_cases() if c.name == "fast:mi*@sampler=ssd,synthetic=1/4")
     cmd = plan.case_command(ssd, args, "teacher", tmp_path / "p", tmp_path / "o",
                             [record("fast:mi*", 0.7, synthetic_samples_seen=400)])
     sets = [cmd[i + 1] for i, x in enumerate(cmd) if x == "--set"]
-    assert sets == ["distill.kd_steps=3", "distill.sampler=ssd", "distill.pool_cap=100"]
+    assert sets == ["distill.kd_steps=3", "distill.sampler=ssd", "distill.synthetic_budget=100", "distill.pool_cap=100"]
     long = next(c for c in breadth_cases() if c.budget_factor == 2.0)
     long_cmd = plan.case_command(long, args, "t", tmp_path, tmp_path, [])
     assert long_cmd[long_cmd.index("--budget-seconds") + 1] == "20.0"
@@ -79,7 +79,7 @@ def test_run_cases_runs_in_parallel_and_waits_for_dependencies(monkeypatch: pyte
     assert sorted(seen) == sorted(c.name for c in cases if c.name != "none:cs-only")  # the done case is kept
     assert started[0][0].endswith("budget=x2")  # longest first
     for name, done in started:
-        if "cap=1/4" in name:
+        if "synthetic=1/4" in name:
             assert "fast:mi*" in done
 
 

@@ -106,6 +106,19 @@ def test_guided_end_to_end(tiny_teacher, tiny_condensed, engine_data, tmp_path) 
     assert summary["epochs"] == 3 and summary["config"]["mode"] == "mi*"
 
 
+def test_synthetic_budget_stops_synthesis_and_keeps_distilling(tiny_teacher, tiny_condensed, engine_data,
+                                                                tmp_path) -> None:
+    _, result = run(tiny_teacher, tiny_condensed, engine_data[1], tmp_path / "b", epochs=4,
+                    synthetic_budget=32, checkpoint_every=0, grid_every=0)
+    assert result.synthetic_seen == 32 and result.pool_size == len(tiny_condensed) + 32
+    records = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in records if r["event"] == "epoch"]
+    assert len(epochs) == 4 and "oh" in epochs[1] and "oh" not in epochs[2]  # 2 batches of 16, then KD only
+    assert all(torch.isfinite(torch.tensor(r["kd_loss"])) for r in epochs)
+    with pytest.raises(ConfigError, match="synthetic_budget"):
+        tiny_cfg(synthetic_budget=-1).validate()
+
+
 @pytest.mark.parametrize(("mode", "base"), [("cs-only", "fast"), ("mi", "deepinversion"), ("mi+cs", "fast")])
 def test_modes(tiny_teacher, tiny_condensed, engine_data, tmp_path, mode: str, base: str) -> None:
     distiller, result = run(tiny_teacher, tiny_condensed, engine_data[1], tmp_path / mode, mode=mode, base=base,
@@ -166,9 +179,10 @@ def test_load_condensed_checks_payloads(tiny_teacher, tmp_path) -> None:
 
     _, card = tiny_teacher
 
-    def payload(dataset: str, size: int, labels: list[int]) -> CondensedPayload:
+    def payload(dataset: str, size: int, labels: list[int], mean: float | None = None) -> CondensedPayload:
         meta = PayloadMeta(method="real", dataset=dataset, ipc=2, num_classes=10, channels=1, height=size,
-                           width=size, mean=list(card.mean), std=list(card.std), local_class_counts=[5] * 10)
+                           width=size, mean=[mean] if mean is not None else list(card.mean), std=list(card.std),
+                           local_class_counts=[5] * 10)
         return CondensedPayload(torch.rand(len(labels), 1, size, size), torch.tensor(labels), meta)
 
     folder = tmp_path / "payloads"
@@ -176,6 +190,11 @@ def test_load_condensed_checks_payloads(tiny_teacher, tmp_path) -> None:
     payload("fashion_mnist", 28, [2, 3]).save(folder / "site1.safetensors")
     loaded = load_condensed(folder, card)
     assert len(loaded) == 5 and loaded.labels.tolist() == [0, 1, 1, 2, 3] and len(loaded.sources) == 2
+    own_stats = payload("fashion_mnist", 28, [4], mean=0.5)  # a site that normalised with its own statistics
+    own_stats.save(tmp_path / "own.safetensors")
+    pixels = CondensedPayload.load(tmp_path / "own.safetensors").images.float()  # as stored (quantised)
+    expected = (pixels - card.mean[0]) / card.std[0]  # in the teacher's space, not the site's
+    torch.testing.assert_close(load_condensed(tmp_path / "own.safetensors", card).images, expected)
     payload("mnist", 28, [0]).save(tmp_path / "other.safetensors")
     with pytest.raises(PayloadError, match=r"meta\.dataset"):
         load_condensed(tmp_path / "other.safetensors", card)

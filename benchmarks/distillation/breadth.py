@@ -5,8 +5,10 @@ condensed set and per-case budget as the core cases:
   synthesises nothing, so it does not depend on the base method);
 * ``replay=generative`` with ``fast`` in ``mi`` and ``mi*``, at the budget and at twice the budget (the
   constant-memory target compares the two peak memories);
-* ``sampler=ssd`` on ``fast`` ``mi*`` with ``pool_cap`` = 1/4 of the synthetic samples the core uniform
-  ``fast:mi*`` run saw, plus the uniform sampler at that same cap (separates "fewer samples" from "SSD");
+* ``sampler=ssd`` on ``fast`` ``mi*`` limited to 1/4 of the synthetic samples the core uniform ``fast:mi*``
+  run made (``synthetic_budget`` = ``pool_cap`` = that quarter: synthesis stops there, every sample is kept
+  and the rest of the budget is KD), plus the uniform sampler under the same limit (separates "fewer
+  samples" from "SSD");
 * ``kd_loss=kl_logit_std`` on ``fast`` ``mi*`` (base temperature 2 for z-scored logits).
 
 Every case runs ``benchmarks/distillation/cases.py`` in its own process (``plan.run_cases``), so its peak
@@ -30,8 +32,8 @@ def breadth_cases() -> list[Case]:
         cases += [Case(f"fast:{mode}@replay=generative{suffix}", f"fast:{mode}", generative, factor)
                   for mode in ("mi", "mi*")]
     cases += [
-        Case("fast:mi*@sampler=ssd,cap=1/4", CORE_FAST_STAR, {"distill.sampler": "ssd"}, quarter_pool=True),
-        Case("fast:mi*@sampler=uniform,cap=1/4", CORE_FAST_STAR, {}, quarter_pool=True),
+        Case("fast:mi*@sampler=ssd,synthetic=1/4", CORE_FAST_STAR, {"distill.sampler": "ssd"}, quarter_pool=True),
+        Case("fast:mi*@sampler=uniform,synthetic=1/4", CORE_FAST_STAR, {}, quarter_pool=True),
         Case("fast:mi*@kd_loss=kl_logit_std", CORE_FAST_STAR,
              {"distill.kd_loss": "kl_logit_std", "distill.temperature": "2.0"}),
     ]
@@ -55,13 +57,14 @@ def breadth_targets(records: list[dict[str, Any]]) -> dict[str, Any]:
                 entry["accuracy_vs_pool_points"] = 100 * (acc[short] - acc[f"fast:{mode}"])
                 entry["accuracy_met"] = abs(entry["accuracy_vs_pool_points"]) <= 1.0
             targets[f"generative_{mode}"] = entry
-    ssd, uniform = "fast:mi*@sampler=ssd,cap=1/4", CORE_FAST_STAR
+    ssd, uniform = "fast:mi*@sampler=ssd,synthetic=1/4", CORE_FAST_STAR
     if ssd in acc and uniform in acc:
         delta = 100 * (acc[ssd] - acc[uniform])
         targets["ssd"] = {"vs_uniform_full_pool_points": delta, "met": delta >= -0.5,
-                          "pool_cap": by_case[ssd].get("pool_cap")}
-        if "fast:mi*@sampler=uniform,cap=1/4" in acc:
-            targets["ssd"]["vs_uniform_same_cap_points"] = 100 * (acc[ssd] - acc["fast:mi*@sampler=uniform,cap=1/4"])
+                          "synthetic_budget": by_case[ssd].get("synthetic_budget")}
+        if "fast:mi*@sampler=uniform,synthetic=1/4" in acc:
+            same = acc["fast:mi*@sampler=uniform,synthetic=1/4"]
+            targets["ssd"]["vs_uniform_same_budget_points"] = 100 * (acc[ssd] - same)
     if "fast:mi*@kd_loss=kl_logit_std" in acc and uniform in acc:
         targets["kl_logit_std"] = {"vs_kl_points": 100 * (acc["fast:mi*@kd_loss=kl_logit_std"] - acc[uniform])}
     return targets

@@ -30,7 +30,7 @@ class Case:
     spec: str  # cases.py --case: "BASE:MODE" or "full"
     overrides: dict[str, str] = field(default_factory=dict)  # distill.key -> value
     budget_factor: float = 1.0  # times the benchmark's per-case budget
-    quarter_pool: bool = False  # pool_cap = 1/4 of the synthetic samples seen by the core fast:mi* run
+    quarter_pool: bool = False  # synthetic_budget = pool_cap = 1/4 of the synthetic samples the core fast:mi* made
 
     @property
     def directory(self) -> str:
@@ -44,7 +44,7 @@ def core_cases() -> list[Case]:
 
 
 def quarter_cap(records: list[Record]) -> int:
-    """A quarter of the synthetic samples the core uniform ``fast:mi*`` run saw (needs that record)."""
+    """A quarter of the synthetic samples the core uniform ``fast:mi*`` run made (needs that record)."""
     core = next((r for r in records if r.get("case") == CORE_FAST_STAR), None)
     if core is None or not core.get("synthetic_samples_seen"):
         raise RuntimeError(f"the SSD cases need the core {CORE_FAST_STAR} record (run it first, or --resume)")
@@ -56,7 +56,8 @@ def case_command(case: Case, args: argparse.Namespace, teacher: str, payload: Pa
     """The ``cases.py`` command line for ``case`` (global ``--set`` first, the case's own overrides last)."""
     overrides = dict(case.overrides)
     if case.quarter_pool:
-        overrides["distill.pool_cap"] = str(quarter_cap(records))
+        quarter = str(quarter_cap(records))
+        overrides |= {"distill.synthetic_budget": quarter, "distill.pool_cap": quarter}
     cmd = [sys.executable, "-m", "benchmarks.distillation.cases", "--case", case.spec,
            "--teacher", teacher, "--condensed", str(payload), "--out", str(out),
            "--budget-seconds", str(args.budget_seconds * case.budget_factor),
@@ -73,7 +74,7 @@ def run_case(case: Case, args: argparse.Namespace, teacher: str, payload: Path, 
     record = json.loads((out / "record.json").read_text(encoding="utf-8"))
     record |= {"case": case.name, "budget_seconds": args.budget_seconds * case.budget_factor}
     if case.quarter_pool:
-        record["pool_cap"] = quarter_cap(records)
+        record["synthetic_budget"] = record["pool_cap"] = quarter_cap(records)
     return record
 
 

@@ -59,6 +59,9 @@ class DistillConfig:
     pool_cap: int = 20000
     pool_policy: str = "reservoir"
     sampler: str = "uniform"
+    # Stop synthesising after this many synthetic samples (0 = never) and spend the rest of the budget on
+    # KD from the pool: SSD-KD's small-scale setting, where the sampler decides which few samples to use.
+    synthetic_budget: int = 0
     # Run management.
     num_threads: int = 0  # torch intra-op threads (0 = torch default)
     eval_every_seconds: float = 30.0
@@ -95,7 +98,7 @@ class DistillConfig:
         for name in ("latent_dim", "generator_width", "synthesis_batch_size", "g_steps", "discriminator_hidden",
                      "condensed_batch_size", "kd_batch_size", "kd_steps", "pool_cap", "eval_samples"):
             _at_least(name, getattr(self, name), 1)
-        for name in ("epochs", "warmup_epochs", "checkpoint_every", "grid_every", "num_threads"):
+        for name in ("epochs", "warmup_epochs", "checkpoint_every", "grid_every", "num_threads", "synthetic_budget"):
             _at_least(name, getattr(self, name), 0)
         for name in ("lr_generator", "lr_latent", "lr_discriminator", "lr_student", "temperature"):
             if not getattr(self, name) > 0:
