@@ -8,14 +8,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from server.distill import CondensedSet, Distiller
+from server.distill import Distiller
 from server.kd_logit_std import kl_logit_std, standardize_logits
 from server.kd_losses import get_kd_loss, kl_divergence
-from shared.checkpoint import card_for_dataset
 from shared.config.distill import DistillConfig
-from shared.data import load_dataset
-from shared.models import build_model
-from shared.train import train_classifier
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -72,17 +68,12 @@ def test_finite_and_differentiable_even_for_constant_rows() -> None:
     assert float(student.grad[1:].abs().sum()) > 0
 
 
-def test_distillation_loop_runs_with_logit_standardisation(tmp_path) -> None:
-    train, test = load_dataset("fashion_mnist", "train"), load_dataset("fashion_mnist", "test").subset(range(300))
-    torch.manual_seed(0)
-    teacher = build_model("resnet8", 10, 1, 28, width=4)
-    train_classifier(teacher, train.subset(range(1000)), None, epochs=1, batch_size=50, lr=0.05, progress=False)
-    card = card_for_dataset(train.info, "resnet8", {"width": 4}, role="teacher")
+def test_distillation_loop_runs_with_logit_standardisation(tiny_teacher, tiny_condensed, engine_data, tmp_path) -> None:
+    teacher, card = tiny_teacher
     cfg = DistillConfig(epochs=2, synthesis_batch_size=16, generator_width=8, kd_batch_size=32, kd_steps=3,
                         condensed_batch_size=16, discriminator_hidden=16, warmup_epochs=1, eval_every_seconds=0.0,
                         checkpoint_every=0, grid_every=0, kd_loss="kl_logit_std", temperature=2.0)
-    distiller = Distiller(cfg, teacher.eval(), card, CondensedSet.from_real(train, 3), test, tmp_path, seed=0,
-                          progress=False)
+    distiller = Distiller(cfg, teacher, card, tiny_condensed, engine_data[1], tmp_path, seed=0, progress=False)
     assert distiller.kd_loss is kl_logit_std
     result = distiller.fit()
     epochs = [r for r in distiller.run.read_metrics() if r["event"] == "epoch"]

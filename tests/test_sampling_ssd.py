@@ -116,17 +116,12 @@ def test_state_round_trip() -> None:
     assert torch.equal(fresh.visited, pool.sampler.visited)
 
 
-def test_distillation_loop_runs_with_ssd_sampling(tmp_path) -> None:
-    train, test = load_dataset("fashion_mnist", "train"), load_dataset("fashion_mnist", "test").subset(range(300))
-    torch.manual_seed(0)
-    teacher = build_model("resnet8", 10, 1, 28, width=4)
-    train_classifier(teacher, train.subset(range(1000)), None, epochs=1, batch_size=50, lr=0.05, progress=False)
-    card = card_for_dataset(train.info, "resnet8", {"width": 4}, role="teacher")
+def test_distillation_loop_runs_with_ssd_sampling(tiny_teacher, tiny_condensed, engine_data, tmp_path) -> None:
+    teacher, card = tiny_teacher
     cfg = DistillConfig(epochs=3, synthesis_batch_size=16, generator_width=8, kd_batch_size=32, kd_steps=3,
                         condensed_batch_size=16, discriminator_hidden=16, warmup_epochs=1, eval_every_seconds=0.0,
                         checkpoint_every=0, grid_every=0, sampler="ssd", pool_cap=24)
-    distiller = Distiller(cfg, teacher.eval(), card, CondensedSet.from_real(train, 3), test, tmp_path, seed=0,
-                          progress=False)
+    distiller = Distiller(cfg, teacher, card, tiny_condensed, engine_data[1], tmp_path, seed=0, progress=False)
     result = distiller.fit()
     sampler = distiller.pool.sampler
     assert isinstance(sampler, SSDSampler)
