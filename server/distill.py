@@ -264,7 +264,7 @@ class Distiller:
     def synthesis_spent(self) -> bool:
         """``distill.synthetic_budget`` synthetic samples made: from now on the epochs are KD only."""
         budget = self.cfg.synthetic_budget
-        return bool(budget) and getattr(self.pool, "seen", 0) >= budget
+        return bool(budget) and self.pool.seen >= budget
 
     @property
     def train_seconds(self) -> float:
@@ -397,7 +397,7 @@ class Distiller:
             student=self.student.eval(), accuracy=accuracy, epochs=self.epoch, train_seconds=train,
             phase_seconds=dict(self.timer.totals),
             compute_fraction=profiler.compute_seconds / train if train > 0 else 0.0,
-            pool_size=len(self.pool), synthetic_seen=getattr(self.pool, "seen", 0),
+            pool_size=len(self.pool), synthetic_seen=self.pool.seen,
             peak_memory_mb=peak_memory_mb(), curve=self.curve)
         save_checkpoint(self.run.path / "student", self.student, self.student_card(accuracy))
         self.run.write_json("summary.json", result.summary() | {"config": dataclasses.asdict(self.cfg)})

@@ -25,7 +25,8 @@ Not implemented (and why): SSD-KD's modulation of the *inversion* loss (our base
 pseudo-classes in ``server/inversion/base.py``, which this file does not own), its reinforcement-learning
 control of the replay buffer, and importance-sampling correction of the KD loss (the loop averages the
 per-sample losses uniformly, so prioritised samples are deliberately emphasised). "Far fewer synthetic
-samples" is obtained by a small ``pool_cap``; the sampler decides which of those samples to train on."""
+samples" is ``distill.synthetic_budget`` (synthesis stops after that many; with ``pool_cap`` >= it all are
+kept); the sampler decides which of those samples to train on."""
 
 from __future__ import annotations
 

@@ -24,9 +24,8 @@ from shared.checkpoint import (
     ScriptedClassifier,
     card_for_dataset,
     load_checkpoint,
+    load_scripted,
     load_state_dict_checked,
-    probe_scripted,
-    quiet_jit,
     save_checkpoint,
 )
 from shared.config.teacher import TeacherConfig, format_arch_kwargs, parse_arch_kwargs
@@ -233,13 +232,7 @@ def import_teacher(out: str | Path, data: DataOptions, *, torchscript: str | Pat
 def _import_torchscript(path: Path, card: ModelCard) -> ScriptedClassifier:
     if not path.is_file():
         raise CheckpointError(f"TorchScript file {path} does not exist; pass --torchscript FILE")
-    try:
-        with quiet_jit():
-            scripted = torch.jit.load(str(path), map_location="cpu")
-    except (RuntimeError, ValueError, OSError) as exc:
-        raise CheckpointError(f"{path} is not a TorchScript file ({exc}); save it with torch.jit.save") from None
-    returns_features, feature_dim = probe_scripted(scripted, card)
-    return ScriptedClassifier(scripted, card.num_classes, returns_features, feature_dim)
+    return load_scripted(path, card)
 
 
 # ---------------------------------------------------------------------------------------------- CLI

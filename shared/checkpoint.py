@@ -237,7 +237,7 @@ def load_checkpoint(directory: str | Path, expect_dataset: str | None = None,
     weights = directory / WEIGHTS_FILES[card.format]
     if not weights.is_file():
         raise CheckpointError(f"checkpoint {directory} has a card but no weights file {weights.name}")
-    model = _load_scripted(weights, card) if card.format == "torchscript" else _load_safetensors(weights, card)
+    model = load_scripted(weights, card) if card.format == "torchscript" else _load_safetensors(weights, card)
     return model.to(device).eval(), card
 
 
@@ -256,12 +256,14 @@ def _load_safetensors(weights: Path, card: ModelCard) -> nn.Module:
     return model
 
 
-def _load_scripted(weights: Path, card: ModelCard) -> nn.Module:
+def load_scripted(weights: Path, card: ModelCard) -> ScriptedClassifier:
+    """A TorchScript classifier, probed for its outputs (logits, or logits and features) against ``card``."""
     try:
         with quiet_jit():
             scripted = torch.jit.load(str(weights), map_location="cpu")
     except (RuntimeError, ValueError, OSError) as exc:
-        raise CheckpointError(f"TorchScript file {weights} cannot be loaded ({exc})") from None
+        raise CheckpointError(f"{weights} is not a loadable TorchScript file ({exc}); save it with torch.jit.save") \
+            from None
     returns_features, feature_dim = probe_scripted(scripted, card)
     return ScriptedClassifier(scripted, card.num_classes, returns_features, feature_dim)
 
