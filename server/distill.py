@@ -226,7 +226,8 @@ class Distiller:
         assert self.method is not None
         self.method.ctx.epoch = self.epoch
         batch = self.method.synthesize()
-        self.pool.add(batch.images, batch.targets, batch.teacher_logits)
+        if self.epoch % self.cfg.pool_every == 0:
+            self.pool.add(batch.images, batch.targets, batch.teacher_logits)
         self.last_batch = (batch.images, batch.targets)
         return batch.losses
 

@@ -119,6 +119,14 @@ def test_synthetic_budget_stops_synthesis_and_keeps_distilling(tiny_teacher, tin
         tiny_cfg(synthetic_budget=-1).validate()
 
 
+def test_pool_every_keeps_every_kth_batch(tiny_teacher, tiny_condensed, engine_data, tmp_path) -> None:
+    distiller, result = run(tiny_teacher, tiny_condensed, engine_data[1], tmp_path / "k", epochs=5, pool_every=2,
+                            checkpoint_every=0, grid_every=0)
+    epochs = [r for r in distiller.run.read_metrics() if r["event"] == "epoch"]
+    assert all("oh" in r for r in epochs)  # the generator trains every epoch
+    assert result.synthetic_seen == 3 * 16 and result.pool_size == len(tiny_condensed) + 3 * 16  # epochs 1, 3, 5
+
+
 @pytest.mark.parametrize(("mode", "base"), [("cs-only", "fast"), ("mi", "deepinversion"), ("mi+cs", "fast")])
 def test_modes(tiny_teacher, tiny_condensed, engine_data, tmp_path, mode: str, base: str) -> None:
     distiller, result = run(tiny_teacher, tiny_condensed, engine_data[1], tmp_path / mode, mode=mode, base=base,

@@ -9,6 +9,9 @@ condensed set and per-case budget as the core cases:
   run made (``synthetic_budget`` = ``pool_cap`` = that quarter: synthesis stops there, every sample is kept
   and the rest of the budget is KD), plus the uniform sampler under the same limit (separates "fewer
   samples" from "SSD");
+* the same pair with ``pool_every=4`` instead: the generator trains every epoch as usual but only every
+  4th synthetic batch enters the pool, so KD sees a quarter of the samples, spread over the run (the
+  ``synthetic=1/4`` cases take theirs from the first, immature quarter of the generator's training);
 * ``kd_loss=kl_logit_std`` on ``fast`` ``mi*`` (base temperature 2 for z-scored logits).
 
 Every case runs ``benchmarks/distillation/cases.py`` in its own process (``plan.run_cases``), so its peak
@@ -34,6 +37,9 @@ def breadth_cases() -> list[Case]:
     cases += [
         Case("fast:mi*@sampler=ssd,synthetic=1/4", CORE_FAST_STAR, {"distill.sampler": "ssd"}, quarter_pool=True),
         Case("fast:mi*@sampler=uniform,synthetic=1/4", CORE_FAST_STAR, {}, quarter_pool=True),
+        Case("fast:mi*@sampler=ssd,pool_every=4", CORE_FAST_STAR,
+             {"distill.sampler": "ssd", "distill.pool_every": "4"}),
+        Case("fast:mi*@sampler=uniform,pool_every=4", CORE_FAST_STAR, {"distill.pool_every": "4"}),
         Case("fast:mi*@kd_loss=kl_logit_std", CORE_FAST_STAR,
              {"distill.kd_loss": "kl_logit_std", "distill.temperature": "2.0"}),
     ]
@@ -65,6 +71,12 @@ def breadth_targets(records: list[dict[str, Any]]) -> dict[str, Any]:
         if "fast:mi*@sampler=uniform,synthetic=1/4" in acc:
             same = acc["fast:mi*@sampler=uniform,synthetic=1/4"]
             targets["ssd"]["vs_uniform_same_budget_points"] = 100 * (acc[ssd] - same)
+    spread, spread_uniform = "fast:mi*@sampler=ssd,pool_every=4", "fast:mi*@sampler=uniform,pool_every=4"
+    if spread in acc and uniform in acc:
+        delta = 100 * (acc[spread] - acc[uniform])
+        targets["ssd_pool_every_4"] = {"vs_uniform_full_pool_points": delta, "met": delta >= -0.5}
+        if spread_uniform in acc:
+            targets["ssd_pool_every_4"]["vs_uniform_same_pool_points"] = 100 * (acc[spread] - acc[spread_uniform])
     if "fast:mi*@kd_loss=kl_logit_std" in acc and uniform in acc:
         targets["kl_logit_std"] = {"vs_kl_points": 100 * (acc["fast:mi*@kd_loss=kl_logit_std"] - acc[uniform])}
     return targets

@@ -62,6 +62,9 @@ class DistillConfig:
     # Stop synthesising after this many synthetic samples (0 = never) and spend the rest of the budget on
     # KD from the pool: SSD-KD's small-scale setting, where the sampler decides which few samples to use.
     synthetic_budget: int = 0
+    # Add only every k-th synthetic batch to the pool (1 = all): the generator keeps training every epoch,
+    # but KD sees 1/k of the synthetic samples, spread over the whole run.
+    pool_every: int = 1
     # Run management.
     num_threads: int = 0  # torch intra-op threads (0 = torch default)
     eval_every_seconds: float = 30.0
@@ -96,7 +99,7 @@ class DistillConfig:
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ConfigError(f"distill.{name} must be a non-empty name")
         for name in ("latent_dim", "generator_width", "synthesis_batch_size", "g_steps", "discriminator_hidden",
-                     "condensed_batch_size", "kd_batch_size", "kd_steps", "pool_cap", "eval_samples"):
+                     "condensed_batch_size", "kd_batch_size", "kd_steps", "pool_cap", "eval_samples", "pool_every"):
             _at_least(name, getattr(self, name), 1)
         for name in ("epochs", "warmup_epochs", "checkpoint_every", "grid_every", "num_threads", "synthetic_budget"):
             _at_least(name, getattr(self, name), 0)
