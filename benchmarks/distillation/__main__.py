@@ -48,6 +48,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"case names to run (core: {' '.join(c.name for c in core_cases())})")
     parser.add_argument("--set", action="append", default=[], help="distill.key=value for every case")
     parser.add_argument("--resume", action="store_true", help="keep finished cases of an earlier run")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite the Markdown, PNG and targets from the existing results JSON; run nothing")
     parser.add_argument("--work-dir", default="/tmp/condex-bench-distillation")
     parser.add_argument("--out", default=str(RESULTS), help="results path without extension")
     parser.add_argument("--quiet", action="store_true")
@@ -92,8 +94,30 @@ def earlier_results(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8")) if args.resume and path.is_file() else {}
 
 
+def write_results(out: Path, header: dict[str, Any], records: list[Record]) -> None:
+    order = {c.name: i for i, c in enumerate(core_cases() + breadth_cases())}
+    records.sort(key=lambda r: order.get(r["case"], len(order)))
+    results = summarize(header, records)
+    write_json(out.with_suffix(".json"), results)
+    write_markdown(out.with_suffix(".md"), results)
+    write_png(out.with_suffix(".png"), results)
+
+
+def rewrite_report(out: Path) -> int:
+    path = out.with_suffix(".json")
+    if not path.is_file():
+        raise SystemExit(f"--report-only: {path} does not exist; run the benchmark first")
+    results = json.loads(path.read_text(encoding="utf-8"))
+    derived = {"records", "targets", "breadth_targets", "full_data_student_accuracy", "forward_backward_fraction",
+               "forward_backward_fraction_all_runs"}
+    write_results(out, {k: v for k, v in results.items() if k not in derived}, results["records"])
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.report_only:
+        return rewrite_report(Path(args.out))
     out, work = Path(args.out), Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     cfg = load_config()
@@ -119,16 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     earlier = earlier_results(args, out)
     header["commands"] = [*earlier.get("commands", []), header["command"]]
     records: list[Record] = earlier.get("records", [])
-    order = {c.name: i for i, c in enumerate(core_cases() + breadth_cases())}
 
     def on_record(record: Record) -> None:
         print(f"{record['case']}: student accuracy {100 * record['student_accuracy']:.2f}% "
               f"(elapsed {time.perf_counter() - start:.0f} s)", flush=True)
-        records.sort(key=lambda r: order.get(r["case"], len(order)))
-        results = summarize(header, records)
-        write_json(out.with_suffix(".json"), results)
-        write_markdown(out.with_suffix(".md"), results)
-        write_png(out.with_suffix(".png"), results)
+        write_results(out, header, records)
 
     run_cases(selected_cases(args), args, str(teacher_dir), payload, work, records, on_record)
     return 0

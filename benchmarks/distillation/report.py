@@ -21,14 +21,24 @@ def is_variant(record: dict[str, Any]) -> bool:
     return "@" in record.get("case", "")
 
 
+def is_core(record: dict[str, Any]) -> bool:
+    """One of issue 4's cases (cs-only, or fast / deepinversion without breadth options)."""
+    return not is_variant(record) and record["base"] in ("none", "fast", "deepinversion")
+
+
+def _forward_backward(runs: list[dict[str, Any]]) -> float | None:
+    """Share of the runs' training time in model forward/backward, weighted by each run's time."""
+    seconds = sum(r["seconds"] for r in runs)
+    return sum(r["forward_backward_fraction"] * r["seconds"] for r in runs) / seconds if seconds else None
+
+
 def summarize(header: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
     """Top-level results: header, full-data bound, time-weighted forward/backward share and targets."""
     full = next((r for r in records if r["mode"] == "full-data"), None)
     runs = distill_records(records)
-    seconds = sum(r["seconds"] for r in runs)
-    fb = sum(r["forward_backward_fraction"] * r["seconds"] for r in runs) / seconds if seconds else None
     out = dict(header) | {"full_data_student_accuracy": full["student_accuracy"] if full else None,
-                          "forward_backward_fraction": fb, "records": records}
+                          "forward_backward_fraction": _forward_backward([r for r in runs if is_core(r)]),
+                          "forward_backward_fraction_all_runs": _forward_backward(runs), "records": records}
     out["targets"] = _targets([r for r in runs if not is_variant(r)], full)
     out["breadth_targets"] = breadth_targets(records)
     return out
@@ -69,13 +79,16 @@ def _fmt(value: Any) -> str:
 def write_markdown(path: Path, results: dict[str, Any]) -> None:
     lines = [
         "# Distillation benchmark (FMNIST-CPU)", "",
-        f"- date: {results['date']}", f"- machine: {results['machine']}", f"- command: `{results['command']}`",
+        f"- date (of the last command): {results['date']}", f"- machine: {results['machine']}",
+        "- command(s), in order (later ones with --resume keep earlier cases): "
+        + "; ".join(f"`{c}`" for c in results.get("commands", [results["command"]])),
         f"- teacher: {results['teacher']['arch']} ({_pct(results['teacher']['accuracy'])}% test accuracy)",
         f"- student: {results['student_arch']}; condensed set: {results['condensed']['description']}",
         f"- budget: {results['budget_seconds']:.0f} s of training wall time (synthesis + KD) per run unless the "
         f"case says x2; {results['threads']} torch thread(s) per run, {results.get('workers', 1)} run(s) at a time",
         f"- full real data (upper bound): {_pct(results['full_data_student_accuracy'])}%",
-        f"- share of distillation time in model forward/backward: {_pct(results['forward_backward_fraction'])}%",
+        f"- share of distillation time in model forward/backward: {_pct(results['forward_backward_fraction'])}% "
+        f"(core cases; all runs {_pct(results.get('forward_backward_fraction_all_runs'))}%)",
         "", "| case | student acc. (%) | train s | synthesis s | KD s | other s | epochs | pool | "
         "fwd/bwd share | peak MB |", "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -137,7 +150,7 @@ def write_png(path: Path, results: dict[str, Any]) -> None:
     import matplotlib.pyplot as plt
 
     runs = distill_records(results["records"])
-    core = [r for r in runs if not is_variant(r) and r["base"] in ("none", "fast", "deepinversion")]
+    core = [r for r in runs if is_core(r)]
     breadth = [r for r in runs if r not in core]
     rows = [core] + ([breadth] if breadth else [])
     fig, axes = plt.subplots(len(rows), 2, figsize=(14, 5 * len(rows)), squeeze=False)
