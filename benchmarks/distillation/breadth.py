@@ -35,8 +35,8 @@ def breadth_cases() -> list[Case]:
         cases += [Case(f"fast:{mode}@replay=generative{suffix}", f"fast:{mode}", generative, factor)
                   for mode in ("mi", "mi*")]
     cases += [
-        Case("fast:mi*@sampler=ssd,synthetic=1/4", CORE_FAST_STAR, {"distill.sampler": "ssd"}, quarter_pool=True),
-        Case("fast:mi*@sampler=uniform,synthetic=1/4", CORE_FAST_STAR, {}, quarter_pool=True),
+        Case("fast:mi*@sampler=ssd,synthetic=1/4", CORE_FAST_STAR, {"distill.sampler": "ssd"}, quarter_synthetic=True),
+        Case("fast:mi*@sampler=uniform,synthetic=1/4", CORE_FAST_STAR, {}, quarter_synthetic=True),
         Case("fast:mi*@sampler=ssd,pool_every=4", CORE_FAST_STAR,
              {"distill.sampler": "ssd", "distill.pool_every": "4"}),
         Case("fast:mi*@sampler=uniform,pool_every=4", CORE_FAST_STAR, {"distill.pool_every": "4"}),

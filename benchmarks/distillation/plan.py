@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-CORE_FAST_STAR = "fast:mi*"  # the core case whose synthetic-sample count sizes the SSD pool
+CORE_FAST_STAR = "fast:mi*"  # the core case whose synthetic-sample count sizes the SSD cases
 BASES = ("fast", "deepinversion")
 MODES = ("mi", "mi+cs", "mi*")
 
@@ -30,7 +30,7 @@ class Case:
     spec: str  # cases.py --case: "BASE:MODE" or "full"
     overrides: dict[str, str] = field(default_factory=dict)  # distill.key -> value
     budget_factor: float = 1.0  # times the benchmark's per-case budget
-    quarter_pool: bool = False  # synthetic_budget = pool_cap = 1/4 of the synthetic samples the core fast:mi* made
+    quarter_synthetic: bool = False  # synthetic_budget = pool_cap = 1/4 of the synthetic samples the core fast:mi* made
 
     @property
     def directory(self) -> str:
@@ -55,7 +55,7 @@ def case_command(case: Case, args: argparse.Namespace, teacher: str, payload: Pa
                  records: list[Record]) -> list[str]:
     """The ``cases.py`` command line for ``case`` (global ``--set`` first, the case's own overrides last)."""
     overrides = dict(case.overrides)
-    if case.quarter_pool:
+    if case.quarter_synthetic:
         quarter = str(quarter_cap(records))
         overrides |= {"distill.synthetic_budget": quarter, "distill.pool_cap": quarter}
     cmd = [sys.executable, "-m", "benchmarks.distillation.cases", "--case", case.spec,
@@ -73,13 +73,13 @@ def run_case(case: Case, args: argparse.Namespace, teacher: str, payload: Path, 
     subprocess.run(case_command(case, args, teacher, payload, out, records), check=True)
     record = json.loads((out / "record.json").read_text(encoding="utf-8"))
     record |= {"case": case.name, "budget_seconds": args.budget_seconds * case.budget_factor}
-    if case.quarter_pool:
+    if case.quarter_synthetic:
         record["synthetic_budget"] = record["pool_cap"] = quarter_cap(records)
     return record
 
 
 def _ready(case: Case, records: list[Record], waiting: list[Case]) -> bool:
-    if not case.quarter_pool or any(r.get("case") == CORE_FAST_STAR for r in records):
+    if not case.quarter_synthetic or any(r.get("case") == CORE_FAST_STAR for r in records):
         return True
     if not any(c.name == CORE_FAST_STAR for c in waiting):
         quarter_cap(records)  # raises the clear "run it first" error
