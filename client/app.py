@@ -8,7 +8,13 @@
 Configuration = the composed defaults (``configs/``) + the run config (``[tool.flwr.app.config]`` and
 ``flwr run --run-config``) + the server's per-request overrides. A node that cannot load its data or is
 asked for something invalid replies with a Flower ``Error`` whose reason names the problem; the run goes
-on with the other nodes."""
+on with the other nodes.
+
+DP randomness is not configurable: ``dp-dm`` / ``dp-gm`` draw their Poisson masks and noise from
+``shared.privacy.secret_generator`` (OS entropy) whatever the run config or the server's request say (no
+config key selects the source; unknown keys are refused). A request's ``condense.seed`` only fixes the
+public, data-independent draws, and a DP reply carries no seed: ``condense_content`` refuses to send a DP
+payload whose metadata does not say ``noise_source="os-entropy"``."""
 
 from __future__ import annotations
 
@@ -27,6 +33,7 @@ from client.task import LocalData, load_local_data
 from shared import wire
 from shared.config import CondexConfig, apply_overrides, load_config
 from shared.errors import CondexError, ConfigError, DataError
+from shared.payload import SECRET_NOISE_SOURCE, CondensedPayload
 
 log = logging.getLogger("condex.client")
 
@@ -87,6 +94,7 @@ def condense_content(data: LocalData, cfg: CondexConfig) -> RecordDict:
     start = time.perf_counter()
     payload = run_condenser(data.train, cfg.condense, progress=False)
     seconds = time.perf_counter() - start
+    check_secret_noise(payload, cfg.condense.private)
     metrics: dict[str, float | None] = {
         "condense-seconds": seconds, "num-samples": len(payload), "local-train": len(data.train),
         "local-test": len(data.test), "epsilon": payload.meta.epsilon, "delta": payload.meta.delta,
@@ -94,6 +102,14 @@ def condense_content(data: LocalData, cfg: CondexConfig) -> RecordDict:
     log.info("condensed %d local images into %d (%s, IPC %d) in %.1fs", len(data.train), len(payload),
              payload.meta.method, payload.meta.ipc, seconds)
     return wire.payload_to_content(payload, metrics, {"source": data.source})
+
+
+def check_secret_noise(payload: CondensedPayload, private: bool) -> None:
+    """Never send a DP payload unless its noise came from OS entropy and it carries no seed."""
+    meta = payload.meta
+    if (private or meta.epsilon is not None) and (meta.noise_source != SECRET_NOISE_SOURCE or meta.seed is not None):
+        raise CondexError(f"refusing to send a {meta.method} payload with noise_source={meta.noise_source!r} and "
+                          f"seed={meta.seed!r}: DP noise must come from OS entropy ({SECRET_NOISE_SOURCE!r})")
 
 
 def handle_evaluate(msg: Message, context: Context, overrides: Mapping[str, Any] | None = None) -> Message:

@@ -7,12 +7,19 @@ whose value is None are omitted), so it maps directly onto a Flower ConfigRecord
 
 ``validate_payload(payload, PayloadSpec(...))`` is the server's strict check: it raises ``PayloadError``
 naming the first offending field.
+
+DP payloads (``epsilon`` set) carry ``noise_source="os-entropy"`` and no ``seed``: their noise and Poisson
+sampling came from OS entropy, not from anything the server knows (``shared.privacy.secure_rng``). The
+validator rejects a DP payload naming any other noise source, or naming it together with a seed; a DP
+payload written before ``noise_source`` existed (it has a seed, from which its noise was drawn) is accepted
+with a logged warning, or rejected when ``PayloadSpec.require_secret_noise`` is set.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +34,9 @@ from shared.io import atomic_write_bytes
 FORMAT_VERSION = 1
 WIRE_DTYPES = {"uint8": np.uint8, "float16": np.float16}
 META_KEY = "condex_meta"
+SECRET_NOISE_SOURCE = "os-entropy"  # meta.noise_source of every DP payload: noise and sampling from OS entropy
+
+log = logging.getLogger("condex.payload")
 
 
 @dataclass
@@ -43,7 +53,8 @@ class PayloadMeta:
     mean: list[float]
     std: list[float]
     local_class_counts: list[int]  # real samples per class at the site (treated as public, see docs)
-    seed: int = 0
+    seed: int | None = None  # condense.seed of a non-DP run (reproducibility); never set for DP payloads
+    noise_source: str | None = None  # DP payloads: where noise and sampling came from (SECRET_NOISE_SOURCE)
     iterations: int = 0  # iterations actually run
     wall_time_s: float = 0.0
     wire_dtype: str = "uint8"
@@ -180,6 +191,7 @@ class PayloadSpec:
     max_bytes: int = 16 * 2**20  # wire size of the images + labels
     dataset: str | None = None
     max_epsilon: float | None = None  # set to require DP payloads with at most this epsilon
+    require_secret_noise: bool = False  # also reject DP payloads that do not state noise_source (older writers)
     methods: tuple[str, ...] | None = None  # None: any method
 
 
@@ -225,11 +237,32 @@ def _validate_privacy(meta: PayloadMeta, spec: PayloadSpec) -> None:
             raise PayloadError(f"meta.epsilon={meta.epsilon} must be finite and > 0")
         if meta.delta is None or not 0.0 < meta.delta < 1.0:
             raise PayloadError(f"meta.delta={meta.delta} must be in (0, 1) when meta.epsilon is set")
+        _validate_noise_source(meta, spec)
+    elif meta.noise_source is not None:
+        raise PayloadError(f"meta.noise_source={meta.noise_source!r} is only meaningful for DP payloads "
+                           "(meta.epsilon is not set)")
     if spec.max_epsilon is not None:
         if meta.epsilon is None:
             raise PayloadError(f"meta.epsilon: the server requires a DP payload with epsilon <= {spec.max_epsilon}")
         if meta.epsilon > spec.max_epsilon:
             raise PayloadError(f"meta.epsilon={meta.epsilon:.3g} exceeds the server's bound {spec.max_epsilon}")
+
+
+def _validate_noise_source(meta: PayloadMeta, spec: PayloadSpec) -> None:
+    """A DP payload's noise must be secret: anything derived from a seed the server can know is rejected."""
+    if meta.noise_source is None:
+        message = (f"meta.noise_source: DP payload ({meta.method}) does not say where its noise came from; "
+                   f"writers before noise_source drew it from meta.seed={meta.seed}, which makes it reproducible")
+        if spec.require_secret_noise:
+            raise PayloadError(f"{message}; the server requires noise_source={SECRET_NOISE_SOURCE!r}")
+        log.warning("%s (accepted: PayloadSpec.require_secret_noise is off)", message)
+        return
+    if meta.noise_source != SECRET_NOISE_SOURCE:
+        raise PayloadError(f"meta.noise_source={meta.noise_source!r}: a DP payload's noise and sampling must come "
+                           f"from OS entropy ({SECRET_NOISE_SOURCE!r}); seed-derived noise can be regenerated")
+    if meta.seed is not None:
+        raise PayloadError(f"meta.seed={meta.seed} in a DP payload: DP noise never comes from a seed, so a DP "
+                           "payload must not carry one")
 
 
 def _validate_tensors(payload: CondensedPayload, spec: PayloadSpec) -> None:

@@ -4,6 +4,13 @@ A condenser turns a site's real images (``LabeledImages``) into a ``CondensedPay
 ``ipc`` images for each class the site holds (a site never invents classes it has no data for). The
 template ``Condenser.condense`` seeds, prepares the local data, runs the method's ``synthesize`` and
 packs the result with its metadata; a method only implements ``synthesize``.
+
+Randomness: the ``generator`` handed to ``synthesize`` is seeded with ``condense.seed`` (so non-DP runs
+are reproducible) and drives only draws that a DP run may make public: the noise initialisation of the
+synthetic images, DSA parameters, batches of the synthetic set. ``sample_real`` and a real-image
+``init_synthetic`` select private records with it, which is why the DP methods never call either: they
+sample with a Poisson mask and add noise from ``shared.privacy.secret_generator`` (OS entropy), and their
+payload carries ``noise_source="os-entropy"`` and no seed.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from shared.device import seed_everything, select_device, torch_threads
 from shared.errors import ConfigError, DataError
 from shared.models import build_model
 from shared.models.base import Classifier
-from shared.payload import CondensedPayload, PayloadMeta
+from shared.payload import SECRET_NOISE_SOURCE, CondensedPayload, PayloadMeta
 from shared.registry import Registry
 
 
@@ -147,9 +154,14 @@ def synthetic_groups(local: LocalData, ipc: int) -> torch.Tensor:
 
 def init_synthetic(local: LocalData, cfg: CondenseConfig,
                    generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Initial synthetic images (normalised) and their group ids: random real images or Gaussian noise."""
+    """Initial synthetic images (normalised) and their group ids: random real images or Gaussian noise.
+
+    A real init picks private records with the seeded ``generator`` and would publish them, so it is refused
+    for DP methods (``CondenseConfig.validate`` refuses it too); the noise init touches no private data."""
     groups = synthetic_groups(local, cfg.ipc)
     if cfg.resolved_init == "real":
+        if cfg.private:
+            raise ConfigError(f"condense.method={cfg.method} cannot start from real images: they would be published")
         picks = [m[torch.randperm(len(m), generator=generator)[:n]] for m, n in
                  zip(local.members, synthetic_counts(local, cfg.ipc), strict=True)]
         images = local.images[torch.cat(picks).to(local.device)].clone()
@@ -199,7 +211,9 @@ def matching_net(local: LocalData, cfg: CondenseConfig) -> Classifier:
 
 
 def sample_real(local: LocalData, batch: int, generator: torch.Generator) -> torch.Tensor:
-    """Indices of up to ``batch`` random records of every held class (without replacement), concatenated."""
+    """Indices of up to ``batch`` random records of every held class (without replacement), concatenated.
+
+    Non-DP methods only: the choice follows the seeded ``generator``; DP methods Poisson-sample instead."""
     picks = [m[torch.randperm(len(m), generator=generator)[:batch]] for m in local.members]
     return torch.cat(picks).to(local.device)
 
@@ -234,7 +248,10 @@ def make_payload(method: str, local: LocalData, cfg: CondenseConfig, result: Syn
     meta = PayloadMeta(
         method=method, dataset=info.name, ipc=cfg.ipc, num_classes=info.num_classes, channels=info.channels,
         height=info.image_size[0], width=info.image_size[1], mean=list(info.mean), std=list(info.std),
-        local_class_counts=list(local.counts), seed=cfg.seed, iterations=result.iterations,
+        local_class_counts=list(local.counts),
+        # DP: the noise never came from the seed; record its source instead (the seed only fixes public draws)
+        seed=None if privacy else cfg.seed, noise_source=SECRET_NOISE_SOURCE if privacy else None,
+        iterations=result.iterations,
         wall_time_s=round(seconds, 3), wire_dtype=cfg.wire_dtype, init=cfg.resolved_init,
         epsilon=privacy.epsilon if privacy else None, delta=privacy.delta if privacy else None,
         accountant=privacy.accountant if privacy else None,

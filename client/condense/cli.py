@@ -59,7 +59,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     method.add_argument("--clip", type=float)
     method.add_argument("--wire-dtype", choices=("uint8", "float16"))
     method.add_argument("--time-budget", type=float, help="stop after this many seconds (0: none)")
-    method.add_argument("--seed", type=int)
+    method.add_argument("--seed", type=int, help="seed of the non-DP randomness (dp-dm/dp-gm draw their sampling "
+                        "and noise from OS entropy, whatever the seed)")
     method.add_argument("--device", help="auto | cpu | cuda[:N]")
     method.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="any config override, e.g. --set condense.batch_real=64 (repeatable)")
@@ -126,6 +127,6 @@ def summary(payload: CondensedPayload, path: Path, png: Path) -> str:
         lines.append(f"privacy: ({meta.epsilon:.3g}, {meta.delta:g})-DP, {meta.accountant} accountant, "
                      f"noise multiplier "
                      f"{meta.noise_multiplier:.4g}, sample rate {meta.sample_rate:.4g}, {meta.dp_steps} steps, "
-                     f"clip {meta.clip:g}")
+                     f"clip {meta.clip:g}; noise and sampling from {meta.noise_source} (not reproducible)")
     lines.append(f"payload: {path}  grid: {png}")
     return "\n".join(lines)

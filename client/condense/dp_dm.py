@@ -12,6 +12,10 @@ removed (records belong to one class), so each iteration is one subsampled Gauss
 RDP accountant composes the iterations (``class_composition=sequential`` charges each class instead).
 The synthetic images are post-processing of these releases (the random nets and DSA parameters do
 not depend on the data).
+
+Randomness: the Poisson masks and the noise come from ``shared.privacy.secret_generator`` (OS entropy, a
+fresh generator per run), never from ``condense.seed``; the seeded generator only drives the public,
+data-independent draws (noise init of the synthetic images, DSA parameters; the nets use the global seed).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from client.condense.base import LocalData, PrivacyReport, condensers
 from client.condense.dm import DistributionMatching, _augmented, _embed
 from shared.augment.dsa import AugmentParams, SiameseAugment
 from shared.config.condense import CondenseConfig
-from shared.privacy import PrivacyPlan, clip_rows, noisy_class_sums, plan_privacy, poisson_mask
+from shared.privacy import PrivacyPlan, clip_rows, noisy_class_sums, plan_privacy, poisson_mask, secret_generator
 
 
 @condensers.register("dp-dm")
@@ -37,18 +41,19 @@ class DPDistributionMatching(DistributionMatching):
         self.plan: PrivacyPlan = plan_privacy(cfg, len(local.labels), local.num_groups, releases=cfg.iterations)
         counts = torch.tensor([local.counts[c] for c in local.classes], dtype=torch.float32, device=local.device)
         self.expected_batch = (counts * self.plan.sample_rate).clamp(min=1.0).unsqueeze(1)
+        self.secret = secret_generator()  # Poisson masks and noise; ``generator`` (seeded) never touches them
 
     def real_target(self, net: torch.nn.Module, local: LocalData, cfg: CondenseConfig, generator: torch.Generator,
                     augment: SiameseAugment | None, params: AugmentParams | None) -> torch.Tensor:
         plan = self.plan
-        index = torch.nonzero(poisson_mask(len(local.labels), plan.sample_rate, generator)).flatten().to(local.device)
+        index = torch.nonzero(poisson_mask(len(local.labels), plan.sample_rate, self.secret)).flatten().to(local.device)
         groups = local.group_of[index]
         with torch.no_grad():
             if len(index):
                 embedded = _embed(net, _augmented(local.images[index], groups, augment, params))
             else:  # nothing sampled this time: the release is pure noise (still charged)
                 embedded = torch.zeros(0, net.feature_dim, device=local.device)
-            sums = noisy_class_sums(embedded, groups, local.num_groups, plan.clip, plan.noise_multiplier, generator)
+            sums = noisy_class_sums(embedded, groups, local.num_groups, plan.clip, plan.noise_multiplier, self.secret)
         plan.record_release()
         return sums / self.expected_batch
 

@@ -11,6 +11,10 @@ Privacy: as in ``dp-dm``, one release (all class sums of one outer step) is one 
 mechanism with sensitivity ``clip`` under add/remove-one-record neighbouring; Opacus' RDP accountant
 composes ``iterations * outer_loop`` releases. Training the matching net on the synthetic set between
 releases is post-processing.
+
+Randomness: the Poisson masks and the noise come from ``shared.privacy.secret_generator`` (OS entropy, a
+fresh generator per run), never from ``condense.seed``; the seeded generator only drives the public draws
+(noise init, DSA parameters, batches of the synthetic set for the inner loop).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from client.condense.base import LocalData, PrivacyReport, condensers
 from client.condense.gm import GradientMatching, Gradients
 from shared.augment.dsa import AugmentParams, SiameseAugment
 from shared.config.condense import CondenseConfig
-from shared.privacy import PrivacyPlan, clip_rows, plan_privacy, poisson_mask
+from shared.privacy import PrivacyPlan, clip_rows, plan_privacy, poisson_mask, secret_generator
 
 
 @condensers.register("dp-gm")
@@ -33,6 +37,7 @@ class DPGradientMatching(GradientMatching):
     def begin(self, local: LocalData, cfg: CondenseConfig, releases: int) -> None:
         self.plan: PrivacyPlan = plan_privacy(cfg, len(local.labels), local.num_groups, releases=releases)
         self.expected_batch = [max(1.0, local.counts[c] * self.plan.sample_rate) for c in local.classes]
+        self.secret = secret_generator()  # Poisson masks and noise; ``generator`` (seeded) never touches them
 
     def real_gradients(self, net: torch.nn.Module, local: LocalData, cfg: CondenseConfig, generator: torch.Generator,
                        augment: SiameseAugment | None, params: AugmentParams | None) -> list[Gradients]:
@@ -40,7 +45,7 @@ class DPGradientMatching(GradientMatching):
         weights = list(net.parameters())
         shapes = [w.shape for w in weights]
         total = sum(w.numel() for w in weights)
-        index = torch.nonzero(poisson_mask(len(local.labels), plan.sample_rate, generator)).flatten().to(local.device)
+        index = torch.nonzero(poisson_mask(len(local.labels), plan.sample_rate, self.secret)).flatten().to(local.device)
         for module in net.modules():  # full backward hooks forbid in-place ops on hooked outputs
             if isinstance(module, torch.nn.ReLU):
                 module.inplace = False
@@ -50,7 +55,7 @@ class DPGradientMatching(GradientMatching):
             for k in range(local.num_groups):
                 chosen = index[local.group_of[index] == k]
                 summed = _clipped_sum(sampler, weights, local, chosen, augment, params, plan.clip, total)
-                noise = torch.randn(total, generator=generator) * plan.noise_std
+                noise = torch.randn(total, generator=self.secret) * plan.noise_std
                 noisy = (summed + noise.to(summed.device)) / self.expected_batch[k]
                 out.append([part.view(shape) for part, shape in zip(noisy.split([s.numel() for s in shapes]),
                                                                      shapes, strict=True)])

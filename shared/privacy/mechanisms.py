@@ -3,16 +3,21 @@
 Every record belongs to exactly one class, so the vector of all class sums changes by at most ``clip`` (L2)
 when one record is added or removed: releasing all noisy class sums of one step is *one* Gaussian
 mechanism with sensitivity ``clip`` and noise std ``noise_multiplier * clip`` per coordinate.
+
+Without an explicit ``generator`` the sampling and the noise come from a fresh ``secret_generator`` (OS
+entropy), never from torch's global generator, which ``condense.seed`` seeds.
 """
 
 from __future__ import annotations
 
 import torch
 
+from shared.privacy.secure_rng import secret_generator
+
 
 def poisson_mask(n: int, sample_rate: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Include each of ``n`` records independently with probability ``sample_rate`` (bool mask)."""
-    return torch.rand(n, generator=generator) < sample_rate
+    return torch.rand(n, generator=secret_generator() if generator is None else generator) < sample_rate
 
 
 def clip_rows(values: torch.Tensor, clip: float) -> torch.Tensor:
@@ -32,5 +37,6 @@ def noisy_class_sums(values: torch.Tensor, groups: torch.Tensor, num_groups: int
     clipped = clip_rows(values, clip).reshape(values.shape[0], -1)
     sums = torch.zeros(num_groups, clipped.shape[1], dtype=clipped.dtype, device=clipped.device)
     sums.index_add_(0, groups.to(clipped.device), clipped)
+    generator = secret_generator() if generator is None else generator
     noise = torch.randn(sums.shape, generator=generator, dtype=sums.dtype) * (noise_multiplier * clip)
     return sums + noise.to(sums.device)
