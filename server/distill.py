@@ -12,6 +12,7 @@ evaluation, JSONL metrics, resumable checkpoints and PNG grids. The engine's inp
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import sys
@@ -24,7 +25,9 @@ from torch import nn
 
 from server import kd_logit_std, replay_generative, sampling_ssd  # noqa: F401  (register issue-6 options)
 from server.inversion import FeatureAlignment, Generator, InversionContext, InversionMethod, build_method
+from server.inversion.base import SyntheticBatch
 from server.inversion.generator import to_pixels
+from server.inversion.quality import label_statistics, manifold_metrics
 from server.kd_losses import get_kd_loss
 from server.pool import Replay, replays
 from server.run import (
@@ -178,6 +181,9 @@ class Distiller:
         if cfg.synthesizes:
             self._build_inversion()
         self.timer = PhaseTimer()
+        self.profiler: ComputeProfiler | None = None  # set by fit(): counts forward/backward in the budget
+        self.compute_seconds: dict[str, float] = {}  # carried across --resume
+        self.reference_features = self._reference_features()
         self.epoch = 0
         self.last_eval = -math.inf
         self.curve: list[dict[str, float]] = []
@@ -202,6 +208,15 @@ class Distiller:
     def _teacher_logits(self, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
         return torch.cat([self.teacher(images[i:i + batch_size]).float() for i in range(0, len(images), batch_size)])
 
+    @torch.no_grad()
+    def _reference_features(self) -> torch.Tensor | None:
+        """Teacher features of the condensed set: what synthetic batches are measured against (metrics only)."""
+        if self.condensed is None or not self.cfg.synthesizes or int(getattr(self.teacher, "feature_dim", 0)) <= 0:
+            return None
+        images = self.condensed.images.to(self.device)
+        return torch.cat([self.teacher(images[i:i + 512], return_features=True)[1].float().cpu()
+                          for i in range(0, len(images), 512)])
+
     def _build_inversion(self) -> None:
         cfg, card = self.cfg, self.card
         self.generator = Generator(cfg.latent_dim, card.in_channels, card.image_size, card.mean, card.std,
@@ -225,11 +240,21 @@ class Distiller:
     def _synthesize(self) -> dict[str, float]:
         assert self.method is not None
         self.method.ctx.epoch = self.epoch
+        self.student.eval()  # the adversarial term probes the student as it is (Fast-Datafree, CMI)
         batch = self.method.synthesize()
         if self.epoch % self.cfg.pool_every == 0:
             self.pool.add(batch.images, batch.targets, batch.teacher_logits)
         self.last_batch = (batch.images, batch.targets)
-        return batch.losses
+        return batch.losses | self._batch_quality(batch)
+
+    def _batch_quality(self, batch: SyntheticBatch) -> dict[str, Any]:
+        requested = batch.targets if batch.requested is None else batch.requested
+        quality: dict[str, Any] = dict(label_statistics(requested, batch.teacher_logits))
+        if batch.features is not None and self.reference_features is not None:
+            quality |= manifold_metrics(batch.features, self.reference_features)
+        if "bn" in batch.losses and self.cfg.bn_weight > 0:
+            quality["bn_raw"] = batch.losses["bn"] / self.cfg.bn_weight
+        return quality
 
     def _kd_step(self) -> float:
         cfg = self.cfg
@@ -261,6 +286,11 @@ class Distiller:
         for group in self.optimizer.param_groups:
             group["lr"] = self.cfg.lr_student * scale
 
+    def _kd_now(self) -> bool:
+        """KD runs every epoch, except warm-up epochs of a synthesising run unless ``kd_in_warmup``."""
+        cfg = self.cfg
+        return cfg.kd_in_warmup or not cfg.synthesizes or self.epoch >= cfg.warmup_epochs
+
     @property
     def synthesis_spent(self) -> bool:
         """``distill.synthetic_budget`` synthetic samples made: from now on the epochs are KD only."""
@@ -281,14 +311,26 @@ class Distiller:
         self._set_lr()
         record: dict[str, Any] = {"event": "epoch", "epoch": self.epoch + 1}
         if self.cfg.synthesizes and not self.synthesis_spent:
-            with self.timer.phase("synthesis"):
+            with self.timer.phase("synthesis"), self._counting():
                 record.update(self._synthesize())
-        with self.timer.phase("kd"):
-            losses = [self._kd_step() for _ in range(self.cfg.kd_steps)]
+        losses: list[float] = []
+        if self._kd_now():
+            with self.timer.phase("kd"), self._counting():
+                losses = [self._kd_step() for _ in range(self.cfg.kd_steps)]
         self.epoch += 1
-        record.update(kd_loss=sum(losses) / len(losses), pool=len(self.pool), seconds=self.train_seconds,
-                      lr=self.optimizer.param_groups[0]["lr"])
+        if losses:
+            record["kd_loss"] = sum(losses) / len(losses)
+        record.update(pool=len(self.pool), seconds=self.train_seconds, lr=self.optimizer.param_groups[0]["lr"])
         return record
+
+    def _counting(self) -> Any:
+        return self.profiler.counting() if self.profiler is not None else contextlib.nullcontext()
+
+    @property
+    def compute_fraction(self) -> float:
+        """Share of the budgeted (synthesis + KD) time spent in model forward/backward, over the whole run."""
+        seconds = self.profiler.compute_seconds if self.profiler is not None else 0.0
+        return seconds / self.train_seconds if self.train_seconds > 0 else 0.0
 
     # -- evaluation, checkpoints, grids ----------------------------------------------------------------
     def evaluate(self, full: bool = False) -> float | None:
@@ -313,6 +355,7 @@ class Distiller:
             "method": None if self.method is None else self.method.state_dict(),
             "guidance": None if self.guidance is None else self.guidance.state_dict(),
             "pool": self.pool.state_dict(), "rng": rng_state(),
+            "compute_seconds": dict(self.profiler.seconds) if self.profiler is not None else self.compute_seconds,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -333,6 +376,7 @@ class Distiller:
         if self.guidance is not None:
             self.guidance.load_state_dict(state["guidance"])
         self.pool.load_state_dict(state["pool"])
+        self.compute_seconds = dict(state.get("compute_seconds", {}))
         set_rng_state(state["rng"])
 
     def save(self) -> None:
@@ -361,7 +405,8 @@ class Distiller:
         modules = {"teacher": self.teacher, "student": self.student}
         modules |= {"generator": self.generator} if self.generator is not None else {}
         modules |= {"discriminator": self.guidance.discriminator} if self.guidance is not None else {}
-        profiler = ComputeProfiler(modules, synchronize=self.device.type == "cuda")
+        profiler = ComputeProfiler(modules, synchronize=self.device.type == "cuda", seconds=self.compute_seconds)
+        self.profiler = profiler
         cfg = self.cfg
         total = cfg.epochs if cfg.epochs else cfg.budget_seconds
         try:
@@ -397,7 +442,7 @@ class Distiller:
         result = DistillResult(
             student=self.student.eval(), accuracy=accuracy, epochs=self.epoch, train_seconds=train,
             phase_seconds=dict(self.timer.totals),
-            compute_fraction=profiler.compute_seconds / train if train > 0 else 0.0,
+            compute_fraction=self.compute_fraction,
             pool_size=len(self.pool), synthetic_seen=self.pool.seen,
             peak_memory_mb=peak_memory_mb(), curve=self.curve)
         save_checkpoint(self.run.path / "student", self.student, self.student_card(accuracy))

@@ -46,6 +46,11 @@ class Sampler(ABC):
     def sample(self, pool: SamplePool, batch_size: int) -> torch.Tensor:
         """Indices into ``pool`` (0 .. len(pool) - 1)."""
 
+    def sample_synthetic(self, pool: SamplePool, batch_size: int) -> torch.Tensor:
+        """Indices of synthetic entries only (``distill.condensed_share`` draws the condensed part itself);
+        uniform unless a sampler overrides it."""
+        return pool.num_condensed + torch.randint(pool.size, (batch_size,))
+
     def feedback(self, indices: torch.Tensor, losses: torch.Tensor) -> None:
         """Per-sample KD losses of the batch just trained on (for difficulty-aware samplers)."""
         del indices, losses
@@ -91,13 +96,14 @@ class SamplePool:
 
     def __init__(self, cap: int, policy: str = "reservoir", sampler: str = "uniform",
                  condensed: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-                 cfg: DistillConfig | None = None) -> None:
+                 cfg: DistillConfig | None = None, condensed_share: float = 0.0) -> None:
         if cap < 1:
             raise ConfigError(f"distill.pool_cap={cap} must be >= 1")
         if policy not in ("reservoir", "oldest"):
             raise ConfigError(f"distill.pool_policy={policy!r} must be reservoir or oldest")
         self.cap = cap
         self.policy = policy
+        self.condensed_share = condensed_share
         self.sampler = samplers.get(sampler)(cfg)
         empty = (torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0))
         self.cond_images, self.cond_labels, self.cond_logits = condensed or empty
@@ -166,7 +172,13 @@ class SamplePool:
         if len(self) == 0:
             raise ConfigError("the KD pool is empty: mode mi needs at least one synthesised batch, "
                               "modes cs-only/mi+cs/mi* need condensed samples")
-        return self.get(self.sampler.sample(self, batch_size))
+        n_cond = round(self.condensed_share * batch_size) if self.num_condensed and self.size else 0
+        if not n_cond:
+            return self.get(self.sampler.sample(self, batch_size))
+        # A fixed share of condensed samples in every batch: without it they fall to |condensed| / |pool|
+        # (0.5% once a 20k pool is full) and the prototypes stop shaping the student.
+        cond = torch.randint(self.num_condensed, (n_cond,))
+        return self.get(torch.cat([cond, self.sampler.sample_synthetic(self, batch_size - n_cond)]))
 
     def feedback(self, indices: torch.Tensor, losses: torch.Tensor) -> None:
         self.sampler.feedback(indices, losses)
@@ -212,4 +224,5 @@ def build_pool(cfg: DistillConfig, condensed: tuple[torch.Tensor, torch.Tensor, 
                teacher: nn.Module | None = None) -> SamplePool:
     """``replay = pool``: the growing in-memory pool of Algorithm 1."""
     del teacher  # the pool stores the teacher logits computed at synthesis time
-    return SamplePool(cfg.pool_cap, cfg.pool_policy, cfg.sampler, condensed=condensed, cfg=cfg)
+    return SamplePool(cfg.pool_cap, cfg.pool_policy, cfg.sampler, condensed=condensed, cfg=cfg,
+                      condensed_share=cfg.condensed_share)

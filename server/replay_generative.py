@@ -131,7 +131,8 @@ class GenerativeReplay:
         """How many (condensed, fresh, replayed) samples a KD batch of ``batch_size`` gets."""
         if self.fresh is None:
             return batch_size, 0, 0
-        share = self.num_condensed / (self.num_condensed + min(self.seen, self.cfg.pool_cap))
+        union = self.num_condensed + min(self.seen, self.cfg.pool_cap)
+        share = self.cfg.condensed_share or self.num_condensed / union
         n_cond = int(torch.binomial(torch.tensor(float(batch_size)), torch.tensor(share)))
         rest = batch_size - n_cond
         n_replay = round(rest * self.cfg.vae_replay_fraction) if self.vae_steps_done else 0

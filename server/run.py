@@ -114,13 +114,17 @@ class PhaseTimer:
 
 
 class ComputeProfiler:
-    """Time spent inside model forward passes (hooks on the given top-level modules) and ``backward()``.
+    """Time spent inside model forward passes (hooks on the given top-level modules) and ``backward()``,
+    counted only inside ``counting()`` blocks (the budgeted synthesis and KD phases, so evaluation forwards
+    do not inflate it). ``seconds`` may be seeded from a checkpoint, so a resumed run keeps its total.
 
     On CPU, kernels run synchronously, so wall time between a module's pre-hook and hook is its forward
     cost. Forward passes nested inside another timed forward are counted once."""
 
-    def __init__(self, modules: dict[str, nn.Module], synchronize: bool = False) -> None:
-        self.seconds: dict[str, float] = defaultdict(float)
+    def __init__(self, modules: dict[str, nn.Module], synchronize: bool = False,
+                 seconds: dict[str, float] | None = None) -> None:
+        self.seconds: dict[str, float] = defaultdict(float, seconds or {})
+        self.enabled = False
         self._depth = 0
         self._start = 0.0
         self._sync = synchronize
@@ -149,8 +153,17 @@ class ComputeProfiler:
 
     def _post(self) -> None:
         self._depth -= 1
-        if self._depth == 0:
+        if self._depth == 0 and self.enabled:
             self.seconds["forward"] += self._now() - self._start
+
+    @contextmanager
+    def counting(self) -> Iterator[None]:
+        """Count forward/backward time inside this block only."""
+        self.enabled = True
+        try:
+            yield
+        finally:
+            self.enabled = False
 
     @contextmanager
     def backward(self) -> Iterator[None]:
@@ -158,7 +171,8 @@ class ComputeProfiler:
         try:
             yield
         finally:
-            self.seconds["backward"] += self._now() - start
+            if self.enabled:
+                self.seconds["backward"] += self._now() - start
 
     @property
     def compute_seconds(self) -> float:

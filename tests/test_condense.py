@@ -65,7 +65,10 @@ def test_method_output_and_determinism(site: LabeledImages, small_site: LabeledI
     assert first.images.shape == (2 * classes, 1, 28, 28) and first.images.dtype == torch.float32
     assert first.class_counts() == [2] * classes + [0] * (10 - classes)
     assert float(first.images.min()) >= 0.0 and float(first.images.max()) <= 1.0
-    assert torch.equal(first.images, again.images) and torch.equal(first.labels, again.labels)
+    if method.startswith("dp-"):  # DP noise comes from OS entropy: the same seed must not repeat it
+        assert not torch.equal(first.images, again.images)
+    else:
+        assert torch.equal(first.images, again.images) and torch.equal(first.labels, again.labels)
     assert not torch.equal(first.images, other.images)
     meta = first.meta
     local = [40] * classes + [0] * (10 - classes)

@@ -22,6 +22,7 @@ from server.run import backward
 from shared.config.distill import DistillConfig
 from shared.errors import ConfigError
 from shared.registry import Registry
+from shared.train import augment_batch
 
 
 @dataclass
@@ -32,6 +33,8 @@ class SyntheticBatch:
     targets: torch.Tensor  # int64 N: teacher's predicted class (the pseudo-label)
     teacher_logits: torch.Tensor  # float32 N x num_classes on exactly ``images`` (reused by KD)
     losses: dict[str, float] = field(default_factory=dict)  # last generator step's loss terms
+    requested: torch.Tensor | None = None  # int64 N: the classes the generator was asked for
+    features: torch.Tensor | None = None  # teacher penultimate features of ``images`` (None if not exposed)
 
 
 @dataclass
@@ -55,7 +58,7 @@ class InversionMethod(ABC):
 
     def __init__(self, ctx: InversionContext) -> None:
         self.ctx = ctx
-        self.bn_stats = BNStatistics(ctx.teacher)
+        self.bn_stats = BNStatistics(ctx.teacher, ctx.cfg.bn_momentum)
         if ctx.cfg.bn_weight > 0 and not self.bn_stats.layers:
             raise ConfigError(
                 f"distill.bn_weight={ctx.cfg.bn_weight} but the teacher has no BatchNorm layers (or is TorchScript, "
@@ -66,39 +69,47 @@ class InversionMethod(ABC):
     def synthesize(self) -> SyntheticBatch:
         """Run this method's optimisation for one batch and return the synthetic samples."""
 
-    def state_dict(self) -> dict[str, Any]:
-        """Optimiser states etc. (the generator's weights are saved by the run)."""
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        del state
-
     # -- shared pieces ---------------------------------------------------------------------------------
     def sample_targets(self) -> torch.Tensor:
         return balanced_targets(self.ctx.cfg.synthesis_batch_size, self.ctx.num_classes, self.ctx.device)
 
-    def extra_losses(self, images: torch.Tensor, teacher_logits: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Weighted extra generator terms of a subclass (e.g. CMI's contrastive loss); none by default."""
-        del images, teacher_logits
+    def extra_losses(self, images: torch.Tensor, view: torch.Tensor, teacher_logits: torch.Tensor
+                     ) -> dict[str, torch.Tensor]:
+        """Weighted extra generator terms of a subclass (e.g. CMI's contrastive loss); none by default.
+
+        ``images`` are the generator's output, ``view`` the augmented view the teacher judged."""
+        del images, view, teacher_logits
         return {}
+
+    def augment(self, images: torch.Tensor) -> torch.Tensor:
+        """The view the teacher judges: a random crop (zero padding of 1/8 of the side) and/or flip of each
+        normalised image, differentiable (Fast-Datafree and CMI invert through such an augmentation, so the
+        generator cannot satisfy the teacher with pixel-exact adversarial patterns)."""
+        policy = self.ctx.cfg.synthesis_augment
+        if policy == "none":
+            return images
+        generator = self.ctx.generator
+        pixels = images * generator.std + generator.mean
+        return (augment_batch(pixels, policy) - generator.mean) / generator.std
 
     def generator_loss(self, images: torch.Tensor, targets: torch.Tensor
                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-        """L_G = L_MI (+ extra terms) (+ fa_weight * L_FA when guided).
+        """L_G = L_MI (+ extra terms) (+ fa_weight * L_FA when guided), on an augmented view of ``images``.
 
-        Returns the total loss, its weighted terms (each differentiable) and the teacher logits."""
+        Returns the total loss, its weighted terms (each differentiable) and the teacher logits of the view."""
         ctx, cfg = self.ctx, self.ctx.cfg
+        view = self.augment(images)
         with self.bn_stats.active():
-            t_logits = ctx.teacher(images)
+            t_logits = ctx.teacher(view)
         terms: dict[str, torch.Tensor] = {
             "bn": cfg.bn_weight * self.bn_stats.loss().to(images.device),
             "oh": cfg.oh_weight * one_hot_loss(t_logits, targets),
         }
         if cfg.adv_weight > 0 and ctx.epoch >= cfg.warmup_epochs:
             with frozen(ctx.student):
-                s_logits = ctx.student(images)
+                s_logits = ctx.student(view)
             terms["adv"] = cfg.adv_weight * adversarial_loss(s_logits, t_logits)
-        terms.update(self.extra_losses(images, t_logits))
+        terms.update(self.extra_losses(images, view, t_logits))
         if ctx.guidance is not None:
             terms["fa"] = cfg.fa_weight * ctx.guidance.generator_loss(images, t_logits.argmax(1).detach())
         total = torch.stack(list(terms.values())).sum()
@@ -124,8 +135,25 @@ class InversionMethod(ABC):
         logs |= self.after_generator_step()
         return images.detach(), t_logits.detach(), logs
 
-    def batch(self, images: torch.Tensor, teacher_logits: torch.Tensor, logs: dict[str, float]) -> SyntheticBatch:
-        return SyntheticBatch(images, teacher_logits.argmax(1), teacher_logits.float(), logs)
+    def batch(self, images: torch.Tensor, targets: torch.Tensor, logs: dict[str, float]) -> SyntheticBatch:
+        """The batch as stored: the teacher's logits on the un-augmented images (what KD reuses) and, in the
+        logs, how well they meet the targets; folds the batch into the BN-statistics momentum."""
+        self.bn_stats.update_momentum()
+        features = None
+        with torch.no_grad():
+            if int(getattr(self.ctx.teacher, "feature_dim", 0)) > 0:
+                logits, features = self.ctx.teacher(images, return_features=True)
+            else:
+                logits = self.ctx.teacher(images)
+        logits = logits.float()
+        return SyntheticBatch(images, logits.argmax(1), logits, logs, targets, features)
+
+    def state_dict(self) -> dict[str, Any]:
+        """BN-statistics momentum (subclasses add their optimisers; the generator is saved by the run)."""
+        return {"bn_ema": self.bn_stats.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.bn_stats.load_state_dict(state.get("bn_ema", {}))
 
 
 inversion_methods: Registry[type[InversionMethod]] = Registry("inversion method")

@@ -185,18 +185,25 @@ class ContrastiveModelInversion(InversionMethod):
             self.ctx.teacher(images)
         return torch.cat(means, dim=1)
 
-    def extra_losses(self, images: torch.Tensor, teacher_logits: torch.Tensor) -> dict[str, torch.Tensor]:
+    def extra_losses(self, images: torch.Tensor, view: torch.Tensor, teacher_logits: torch.Tensor
+                     ) -> dict[str, torch.Tensor]:
+        """InfoNCE between a local view (the anchor, differentiable) and the global view of each image (the
+        key: the view the teacher judged when ``synthesis_augment`` is on, else ``global_view``). As in
+        Fang et al., the keys are detached: the generator is pushed by its anchors only, so it cannot lower
+        the loss by moving the keys."""
         del teacher_logits
         cfg = self.ctx.cfg
         if cfg.cmi_weight == 0:
             return {}
         n = images.shape[0]
+        key_view = view if cfg.synthesis_augment != "none" else global_view(images)
         # One teacher pass for both views (eval-mode BN: the batch composition does not matter).
-        raw = self.embeddings(torch.cat([global_view(images), local_view(images)]))
+        raw = self.embeddings(torch.cat([key_view, local_view(images)]))
         raw_global, raw_local = raw[:n], raw[n:]
         self._last_global = raw_global.detach()
-        loss = info_nce(self.head(raw_local), self.head(raw_global), self.head(self.bank.negatives()),
-                        cfg.cmi_temperature)
+        with torch.no_grad():
+            keys, negatives = self.head(raw_global), self.head(self.bank.negatives())
+        loss = info_nce(self.head(raw_local), keys, negatives, cfg.cmi_temperature)
         return {"cr": cfg.cmi_weight * loss}
 
     def synthesize(self) -> SyntheticBatch:
@@ -212,18 +219,19 @@ class ContrastiveModelInversion(InversionMethod):
         targets = self.sample_targets()
         logs: dict[str, float] = {}
         for _ in range(cfg.g_steps):
-            images, t_logits, logs = self.generator_step(ctx.generator, z, targets, optimizer)
+            images, _, logs = self.generator_step(ctx.generator, z, targets, optimizer)
         if self._last_global is not None:  # the embeddings of exactly the returned images
             self.bank.push(self._last_global)
             self._last_global = None
         logs["bank"] = float(len(self.bank))
-        return self.batch(images, t_logits, logs)
+        return self.batch(images, targets, logs)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict(), "head": self.head.state_dict(),
-                "bank": self.bank.state_dict()}
+        return super().state_dict() | {"optimizer": self.optimizer.state_dict(), "head": self.head.state_dict(),
+                                       "bank": self.bank.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
         self.optimizer.load_state_dict(state["optimizer"])
         self.head.load_state_dict(state["head"])
         self.bank.load_state_dict(state["bank"])

@@ -30,11 +30,12 @@ class DeepInversion(InversionMethod):
         targets = self.sample_targets()
         logs: dict[str, float] = {}
         for _ in range(ctx.cfg.g_steps):
-            images, t_logits, logs = self.generator_step(ctx.generator, z, targets, self.optimizer)
-        return self.batch(images, t_logits, logs)
+            images, _, logs = self.generator_step(ctx.generator, z, targets, self.optimizer)
+        return self.batch(images, targets, logs)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict()}
+        return super().state_dict() | {"optimizer": self.optimizer.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
         self.optimizer.load_state_dict(state["optimizer"])

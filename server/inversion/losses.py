@@ -19,12 +19,21 @@ from shared.models import batchnorm_layers
 
 
 class BNStatistics:
-    """Collects the BN-statistics loss of the teacher's last forward pass while ``active()``."""
+    """Collects the BN-statistics loss of the teacher's last forward pass while ``active()``.
 
-    def __init__(self, teacher: nn.Module) -> None:
+    With ``momentum`` m > 0 (Fast-Datafree's ``bn_mmt``) the statistics compared with the running ones are
+    ``(1 - m) * batch + m * ema``, where ``ema`` is an exponential average of earlier *synthesised* batches
+    (``update_momentum()`` after each batch): one small batch need not match the whole dataset's statistics
+    alone, only together with the batches before it."""
+
+    def __init__(self, teacher: nn.Module, momentum: float = 0.0) -> None:
         self.layers = batchnorm_layers(teacher)
+        self.momentum = momentum
         self._enabled = False
         self._terms: list[torch.Tensor] = []
+        self._last: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.ema: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._index = {id(layer): i for i, layer in enumerate(self.layers)}
         self._handles = [layer.register_forward_hook(self._hook) for layer in self.layers]
 
     def _hook(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], _output: torch.Tensor) -> None:
@@ -34,6 +43,12 @@ class BNStatistics:
         mean = x.mean(dim=(0, 2, 3))
         var = x.var(dim=(0, 2, 3), unbiased=False)
         assert isinstance(module, nn.BatchNorm2d) and module.running_mean is not None
+        i = self._index[id(module)]
+        self._last[i] = (mean.detach(), var.detach())
+        if self.momentum > 0 and i in self.ema:
+            ema_mean, ema_var = self.ema[i]
+            mean = (1 - self.momentum) * mean + self.momentum * ema_mean
+            var = (1 - self.momentum) * var + self.momentum * ema_var
         self._terms.append(torch.linalg.vector_norm(mean - module.running_mean)
                            + torch.linalg.vector_norm(var - module.running_var))
 
@@ -52,6 +67,25 @@ class BNStatistics:
         if not self._terms:
             return torch.zeros(())
         return torch.stack(self._terms).sum()
+
+    def update_momentum(self) -> None:
+        """Fold the last recorded batch statistics into the average (call once per synthesised batch)."""
+        if self.momentum <= 0:
+            return
+        for i, (mean, var) in self._last.items():
+            if i in self.ema:
+                ema_mean, ema_var = self.ema[i]
+                mean = self.momentum * ema_mean + (1 - self.momentum) * mean
+                var = self.momentum * ema_var + (1 - self.momentum) * var
+            self.ema[i] = (mean, var)
+
+    def state_dict(self) -> dict[str, list[torch.Tensor]]:
+        return {str(i): [m.cpu(), v.cpu()] for i, (m, v) in self.ema.items()}
+
+    def load_state_dict(self, state: dict[str, list[torch.Tensor]]) -> None:
+        device = self.layers[0].running_mean.device if self.layers and self.layers[0].running_mean is not None \
+            else torch.device("cpu")
+        self.ema = {int(i): (m.to(device), v.to(device)) for i, (m, v) in state.items()}
 
     def remove(self) -> None:
         for handle in self._handles:

@@ -15,6 +15,8 @@ POOL_POLICIES = ("reservoir", "oldest")
 STUDENT_OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("cosine", "constant")
 KD_AUGMENTS = ("none", "crop", "crop_flip")
+SYNTHESIS_AUGMENTS = ("none", "crop", "crop_flip")
+FAST_META = ("fomaml", "reptile")
 
 
 @dataclass
@@ -35,7 +37,12 @@ class DistillConfig:
     lr_generator: float = 5e-3
     lr_latent: float = 0.01  # fast: learning rate of the per-batch latent codes
     warmup_epochs: int = 10  # adversarial term off during warm-up
+    kd_in_warmup: bool = False  # Fast-Datafree: warm-up epochs only synthesise (the pool fills before KD)
     bn_weight: float = 0.1
+    bn_momentum: float = 0.9  # Fast-Datafree bn_mmt: BN statistics averaged with earlier batches (0 = off)
+    synthesis_augment: str = "crop_flip"  # the teacher judges a random crop/flip of each synthetic image
+    fast_meta: str = "fomaml"  # base=fast meta update: first-order MAML (upstream default) or Reptile
+    fast_reset_l0: int = 120  # base=fast: re-initialise the generator's first layer this many epochs after warm-up
     oh_weight: float = 1.0
     adv_weight: float = 1.0
     # Condensed-guided feature alignment (used in mode mi*).
@@ -50,6 +57,7 @@ class DistillConfig:
     kd_batch_size: int = 128
     kd_steps: int = 20  # KD steps per epoch (after each synthesised batch)
     kd_augment: str = "none"  # augment KD batches (recomputes teacher logits) or reuse cached logits
+    condensed_share: float = 0.0  # share of every KD batch drawn from the condensed samples (0 = uniform union)
     student_optimizer: str = "adam"
     lr_student: float = 2e-3
     weight_decay: float = 0.0
@@ -95,13 +103,16 @@ class DistillConfig:
         _choice("student_optimizer", self.student_optimizer, STUDENT_OPTIMIZERS)
         _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _choice("kd_augment", self.kd_augment, KD_AUGMENTS)
+        _choice("synthesis_augment", self.synthesis_augment, SYNTHESIS_AUGMENTS)
+        _choice("fast_meta", self.fast_meta, FAST_META)
         for name in ("student", "base", "kd_loss", "replay", "sampler"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ConfigError(f"distill.{name} must be a non-empty name")
         for name in ("latent_dim", "generator_width", "synthesis_batch_size", "g_steps", "discriminator_hidden",
                      "condensed_batch_size", "kd_batch_size", "kd_steps", "pool_cap", "eval_samples", "pool_every"):
             _at_least(name, getattr(self, name), 1)
-        for name in ("epochs", "warmup_epochs", "checkpoint_every", "grid_every", "num_threads", "synthetic_budget"):
+        for name in ("epochs", "warmup_epochs", "checkpoint_every", "grid_every", "num_threads", "synthetic_budget",
+                     "fast_reset_l0"):
             _at_least(name, getattr(self, name), 0)
         for name in ("lr_generator", "lr_latent", "lr_discriminator", "lr_student", "temperature"):
             if not getattr(self, name) > 0:
@@ -115,13 +126,17 @@ class DistillConfig:
         for name in ("cmi_bank_size", "cmi_head_dim", "vae_latent_dim", "vae_width", "vae_steps"):
             _at_least(name, getattr(self, name), 1)
         for name, low, high in (("cmi_weight", 0, None), ("cmi_temperature", None, None), ("vae_lr", None, None),
-                                ("vae_replay_fraction", 0, 1), ("ssd_difficulty_power", 0, None),
+                                ("vae_replay_fraction", 0, 1), ("bn_momentum", 0, 0.999),
+                                ("condensed_share", 0, 1), ("ssd_difficulty_power", 0, None),
                                 ("ssd_diversity_power", 0, None), ("ssd_priority_power", 0, None),
                                 ("ssd_uniform_mix", 0, 1)):
             value = getattr(self, name)
             if not (value >= low if low is not None else value > 0) or (high is not None and value > high):
                 bounds = f">= {low}" if low is not None else "> 0"
                 raise ConfigError(f"distill.{name}={value!r} must be {bounds}" + (f" and <= {high}" if high else ""))
+        for name in ("cmi_reset_generator", "kd_in_warmup", "conditional_generator"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"distill.{name}={getattr(self, name)!r} must be true or false")
         if not isinstance(self.cmi_reset_generator, bool):
             raise ConfigError(f"distill.cmi_reset_generator={self.cmi_reset_generator!r} must be true or false")
         if self.mode == "mi*" and self.fa_weight == 0:
