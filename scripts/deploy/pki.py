@@ -8,7 +8,9 @@ Everything is generated locally with the ``cryptography`` library (no openssl bi
 * ``supernode-<name>`` / ``supernode-<name>.pub``  one EC P-384 key pair per data site, in OpenSSH format,
   which is what ``flower-supernode --auth-supernode-private-key`` and ``flwr supernode register`` read.
 
-Private keys are written with mode 0600. Usage::
+Every file is written through a fresh ``O_EXCL | O_NOFOLLOW`` temp file (random name, mode 0600) that is fsynced
+and renamed into place; a symlink at a destination is refused. Private keys are 0600 from creation, public
+files 0644. Usage::
 
     python scripts/deploy/pki.py --out keys --san 127.0.0.1 --san localhost --supernodes site-a site-b
 """
@@ -19,6 +21,7 @@ import argparse
 import datetime as dt
 import ipaddress
 import os
+import secrets
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -53,14 +56,53 @@ class SuperNodeKeys:
 
 
 def _write(path: Path, data: bytes, private: bool) -> Path:
-    """Write ``data`` atomically; private keys are created readable by the owner only."""
+    """Write ``data`` to ``path`` atomically without following symlinks.
+
+    The bytes go to a fresh temp file with a random name in the same directory, created with
+    ``O_CREAT | O_EXCL | O_NOFOLLOW`` and mode 0600 (so a private key is never readable by others, not even
+    for an instant, and a planted file or symlink at a predictable name is never opened), are fsynced, and the
+    temp file is renamed over ``path`` (``os.replace`` replaces the directory entry, it never follows a
+    symlink there). A symlink at ``path`` itself is refused. Public files are then made 0644."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.replace(tmp, path)
+    if path.is_symlink():
+        raise FileExistsError(f"refusing to write {path}: it is a symlink")
+    flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+        try:
+            fd = os.open(tmp, flags, 0o600)
+        except FileExistsError:
+            continue
+        break
+    else:  # pragma: no cover - 100 collisions of a 64-bit random name
+        raise FileExistsError(f"could not create a temp file next to {path}")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            if not private:
+                os.fchmod(handle.fileno(), 0o644)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
     return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename durable (best effort: not every platform can open a directory)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
