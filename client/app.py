@@ -96,7 +96,8 @@ def condense_content(data: LocalData, cfg: CondexConfig) -> RecordDict:
     seconds = time.perf_counter() - start
     check_secret_noise(payload, cfg.condense.private)
     metrics: dict[str, float | None] = {
-        "condense-seconds": seconds, "num-samples": len(payload), "local-train": len(data.train),
+        "condense-seconds": seconds, "condense-finished": time.time(),  # site clock: concurrency in the report
+        "num-samples": len(payload), "local-train": len(data.train),
         "local-test": len(data.test), "epsilon": payload.meta.epsilon, "delta": payload.meta.delta,
     }
     log.info("condensed %d local images into %d (%s, IPC %d) in %.1fs", len(data.train), len(payload),

@@ -23,7 +23,9 @@ stop_local_superlink() {
 trap stop_local_superlink EXIT
 
 start=$(date +%s)
-flwr run . --stream --federation-config "num-supernodes=10" \
+# One CPU per simulated site: each condenses with one thread, so two sites condense at a time on 2 cores
+# (Flower's default reserves 2 CPUs per ClientApp, which runs the 10 sites one after another).
+flwr run . --stream --federation-config "num-supernodes=10 client-resources-num-cpus=1" \
   --run-config "output-dir='$ROOT/outputs' teacher.checkpoint='$ROOT/assets/teachers/fashion_mnist'" "$@"
 
 report=$(ls -td "$ROOT"/outputs/federated-*/ 2>/dev/null | head -n 1)

@@ -183,6 +183,7 @@ def payload_spec(card: ModelCard, cfg: CondexConfig) -> PayloadSpec:
         num_classes=card.num_classes, image_shape=(card.in_channels, card.image_size, card.image_size),
         max_ipc=cfg.condense.ipc, max_bytes=cfg.federation.max_payload_bytes,
         max_epsilon=eps * EPSILON_TOLERANCE if eps is not None else None, methods=(cfg.condense.method,),
+        require_secret_noise=True,  # the federated server talks to current sites only: DP noise must be secret
     )
 
 
@@ -246,6 +247,7 @@ def judge_reply(node: int, reply: Message | None, spec: PayloadSpec,
     metrics, info = wire.node_metrics(content), wire.node_info(content)
     outcome = NodeOutcome(
         node, ACCEPTED, source=info.get("source", ""), condense_seconds=metrics.get("condense-seconds"),
+        condense_finished=metrics.get("condense-finished"),
         payload_bytes=wire.content_bytes(content), local_train=_maybe_int(metrics.get("local-train")),
         local_test=_maybe_int(metrics.get("local-test")),
     )

@@ -32,6 +32,7 @@ class NodeOutcome:
     epsilon: float | None = None
     delta: float | None = None
     condense_seconds: float | None = None
+    condense_finished: float | None = None  # the site's Unix time when its payload was ready
     payload_bytes: int = 0
     local_train: int | None = None
     local_test: int | None = None

@@ -158,3 +158,11 @@ def test_cli_reports_config_errors(tmp_path: Path, capsys: pytest.CaptureFixture
     code = main(["condense", "--method", "real", "--epsilon", "1", "--output", str(tmp_path / "x.safetensors")])
     assert code == 2
     assert "cannot be differentially private" in capsys.readouterr().err
+
+
+def test_config_method_list_matches_the_registry() -> None:
+    """shared/ must not import client/: the config keeps the method names, this keeps them in step."""
+    from client.condense import condenser_names
+    from shared.config.condense import METHODS
+
+    assert sorted(METHODS) == sorted(condenser_names())

@@ -7,6 +7,7 @@ by the main job (README)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import uuid
 from collections.abc import Iterable
@@ -225,6 +226,9 @@ def test_three_node_flower_simulation(teacher: Path, tmp_path: Path) -> None:
     assert all(p["source"].startswith("fashion_mnist partition") for p in saved["per_node"])
     assert saved["federated_eval_mean"] is not None
     assert (Path(saved["student"]["path"]) / "card.json").is_file()
+    # 1 CPU per ClientApp on 2: at least two sites condensed at the same time.
+    spans = sorted((p["condense_finished"] - p["condense_seconds"], p["condense_finished"]) for p in saved["per_node"])
+    assert any(later[0] < earlier[1] for earlier, later in itertools.pairwise(spans)), spans
 
 
 def test_sweep_results_table_collects_one_row_per_job(tmp_path: Path) -> None:

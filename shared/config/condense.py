@@ -10,6 +10,9 @@ from dataclasses import dataclass
 
 from shared.errors import ConfigError
 
+# The condensers a site can run (client/condense registers one module each; tests/test_condense.py checks the
+# registry against this list, so the config never imports client code).
+METHODS = ("dm", "dp-dm", "dp-gm", "gm", "real")
 WIRE_DTYPES = ("uint8", "float16")
 INITS = ("auto", "real", "noise")
 CLASS_COMPOSITIONS = ("parallel", "sequential")
@@ -77,12 +80,11 @@ class CondenseConfig:
             raise ConfigError(f"condense.time_budget_s={self.time_budget_s} must be >= 0 (0 = no budget)")
 
     def _check_choices(self) -> None:
-        from client.condense import condenser_names  # lazy: the registry lives with the methods
         from shared.augment.dsa import check_strategy
         from shared.privacy import accountant_names
 
-        if self.method not in condenser_names():
-            known = ", ".join(condenser_names())
+        if self.method not in METHODS:
+            known = ", ".join(METHODS)
             raise ConfigError(f"condense.method={self.method!r} is unknown; choose one of {known}")
         if self.init not in INITS:
             raise ConfigError(f"condense.init={self.init!r} must be one of {', '.join(INITS)}")

@@ -31,7 +31,8 @@ class DistillConfig:
     # Generator and synthesis.
     latent_dim: int = 256
     generator_width: int = 16
-    conditional_generator: bool = True  # z * embed(y): learns class -> image once (cheap on CPU)
+    conditional_generator: bool = True  # code z + embed(y): learns class -> image once (cheap on CPU)
+    generator_conditioning: str = "add"  # add: z + e_y; mul: GDFQ's z * e_y (measured far slower, docs/engine.md)
     synthesis_batch_size: int = 32
     g_steps: int = 2  # generator (or fast-generator) steps per synthesised batch
     lr_generator: float = 5e-3
@@ -105,6 +106,7 @@ class DistillConfig:
         _choice("kd_augment", self.kd_augment, KD_AUGMENTS)
         _choice("synthesis_augment", self.synthesis_augment, SYNTHESIS_AUGMENTS)
         _choice("fast_meta", self.fast_meta, FAST_META)
+        _choice("generator_conditioning", self.generator_conditioning, ("add", "mul"))
         for name in ("student", "base", "kd_loss", "replay", "sampler"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ConfigError(f"distill.{name} must be a non-empty name")

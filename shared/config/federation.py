@@ -22,8 +22,8 @@ class FederationConfig:
     federated_eval: bool = True  # send the exported student to the nodes for evaluation on their held-out data
     eval_timeout_s: float = 600.0
     message_ttl_s: float = 0.0  # Flower message TTL; 0 = reply timeout + 60 s
-    sim_client_cpus: int = 2  # simulations.run only: CPUs Ray reserves per simulated ClientApp (2 = one at a time
-    #                           on a 2-core machine, so condensation does not oversubscribe the cores)
+    sim_client_cpus: int = 1  # simulations.run only: CPUs Ray reserves per simulated ClientApp; sites condense
+    #                           with condense.threads (1), so 1 lets two sites condense at a time on 2 cores
 
     def validate(self) -> None:
         if not isinstance(self.min_nodes, int) or self.min_nodes < 1:

@@ -1,0 +1,1 @@
+"""Synthesis benchmark: what the inversion makes, without KD (``python -m benchmarks.synthesis``)."""
