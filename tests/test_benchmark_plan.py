@@ -171,7 +171,9 @@ def core_records() -> list[dict[str, Any]]:
                  for s, a in enumerate((0.78, 0.80, 0.85))]  # mean 0.81
     return [*fast_star, record("none:cs-only", 0.72), record("none:cs-only", 0.74, 1),
             record("fast:mi+cs", 0.82, 0), record("fast:mi+cs", 0.74, 1),  # mean 0.78: one seed beats mi*'s mean
-            record("fast:mi", 0.60), record("fast:mi*", 0.99, 0, "union"),
+            *[record("fast:mi", 0.60, s, curve=curve((0.0, 0.1), (30.0, 0.65), (62.0, 0.74), (300.0, 0.60)))
+              for s in range(3)],  # the data-free loop: fast early, 60% at the end
+            record("fast:mi*", 0.99, 0, "union"),
             record("fast:mi*@kd_loss=kl_logit_std", 0.99), record("cmi:mi+cs", 0.70), record("cmi:mi*", 0.73),
             record("fast:mi@replay=generative", 0.60, peak_memory_mb=100.0),
             record("fast:mi@replay=generative,budget=x2", 0.61, peak_memory_mb=105.0),
@@ -190,7 +192,8 @@ def test_targets_are_computed_on_means() -> None:
     assert fast["gap_to_full_kd_points"] == pytest.approx(4.0)
     speed = results["targets"][SET]["fast_speed"]
     assert speed["accuracy_at_60s"] == pytest.approx(0.65 + 0.09 * 30 / 32)  # each seed interpolated at 60 s
-    assert speed["within_60s_met"] is True and speed["at_budget_met"] is True and speed["met"] is True
+    assert speed["case"] == "fast:mi"  # the speed target is the data-free loop's
+    assert speed["within_60s_met"] is True and speed["at_budget_met"] is False and speed["met"] is False
     assert speed["seconds_to_70_mean"] == 62.0 and speed["seeds_reaching_70"] == 3
     assert results["targets"]["union"]["fast"]["mi*"] == 0.99  # grouped by condensed set
     summary = next(s for s in results["cases"] if s["case"] == "fast:mi*" and s["condensed"] == SET)

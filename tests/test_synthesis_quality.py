@@ -126,3 +126,31 @@ def test_condensed_share_holds_as_the_pool_fills() -> None:
     uniform = SamplePool(cap=2000, condensed=cond)
     uniform.add(torch.ones(2000, 1, 4, 4), torch.ones(2000, dtype=torch.long), torch.ones(2000, 3))
     assert int((uniform.sample(1000).indices < 20).sum()) < 40  # without it: about 1%
+
+
+def test_noisy_layers_route_groups_and_make_same_class_codes_differ() -> None:
+    from server.inversion.generator import NoisyLayers
+
+    torch.manual_seed(0)
+    noise = NoisyLayers(groups=4, dim=8)
+    code = torch.ones(8, 8)  # eight identical codes (one class, no noise): without the layer, one image
+    out = noise(code)
+    for i in range(8):  # sample i goes through map i * 4 // 8
+        torch.testing.assert_close(out[i], code[i] @ noise.weight[i * 4 // 8])
+    assert torch.equal(out[0], out[1]) and not torch.equal(out[1], out[2])
+    gen = Generator(8, 1, 28, (0.5,), (0.5,), width=4, num_classes=3)
+    labels = torch.zeros(8, dtype=torch.long)
+    plain, noisy = gen(torch.zeros(8, 8), labels), gen(torch.zeros(8, 8), labels, NoisyLayers(4, 8))
+    assert torch.allclose(plain[0], plain[7]) and not torch.allclose(noisy[0], noisy[7])
+
+
+def test_fast_trains_fresh_noisy_layers_per_batch(tiny_teacher) -> None:
+    torch.manual_seed(0)
+    method = _fast(tiny_teacher, noisy_groups=5)
+    first, second = method.noisy_layers(), method.noisy_layers()
+    assert first is not None and second is not None and first.weight.shape == (5, 16, 16)
+    assert not torch.equal(first.weight, second.weight)
+    before = {k: v.clone() for k, v in method.ctx.generator.state_dict().items()}
+    batch = method.synthesize()
+    assert batch.images.shape == (10, 1, 28, 28)
+    assert set(method.ctx.generator.state_dict()) == set(before)  # the noisy maps are not part of the generator

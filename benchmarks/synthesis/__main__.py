@@ -34,10 +34,12 @@ RESULTS = Path(__file__).resolve().parents[1] / "results" / "synthesis"
 FAST_DATAFREE = {"bn_weight": 10.0, "oh_weight": 0.5, "lr_latent": 0.015}
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
-    "mul-conditioning": {"generator_conditioning": "mul"},
-    "unconditional": {"conditional_generator": False},
+    "add": {"noisy_groups": 0},
+    "add+noisy": {"noisy_groups": 25},
+    "mul-conditioning": {"generator_conditioning": "mul", "noisy_groups": 0},
+    "unconditional": {"conditional_generator": False, "noisy_groups": 0},
     "fast-datafree-weights": FAST_DATAFREE,
-    "fast-datafree-weights+unconditional": FAST_DATAFREE | {"conditional_generator": False},
+    "bn1-oh1": {"bn_weight": 1.0, "oh_weight": 1.0},
     "no-synthesis-augment": {"synthesis_augment": "none"},
     "no-bn-momentum": {"bn_momentum": 0.0},
     "reptile": {"fast_meta": "reptile"},
@@ -53,13 +55,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--base", default=None, help="inversion method (default: distill.base)")
     parser.add_argument("--only", nargs="*", default=None, help=f"variants ({' '.join(VARIANTS)})")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="distill.key=value for every variant (before the variant's own values)")
     return parser.parse_args(argv)
 
 
 def run_variant(name: str, seed: int, args: argparse.Namespace, teacher: torch.nn.Module, card: Any,
                 reference: torch.Tensor) -> list[dict[str, float]]:
     base = load_config().distill
-    values = {k: getattr(base, k) for k in DistillConfig.__dataclass_fields__} | VARIANTS[name]
+    values = {k: getattr(base, k) for k in DistillConfig.__dataclass_fields__}
+    for item in args.set:
+        key, _, value = item.removeprefix("distill.").partition("=")
+        values[key] = type(values[key])(value) if not isinstance(values[key], bool) else value == "true"
+    values |= VARIANTS[name]
     values |= {"adv_weight": 0.0, "mode": "mi"} | ({"base": args.base} if args.base else {})
     cfg = DistillConfig(**values)
     cfg.validate()

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from server.inversion.generator import Generator
+from server.inversion.generator import Generator, NoisyLayers
 from server.inversion.losses import BNStatistics, adversarial_loss, balanced_targets, frozen, one_hot_loss
 from server.run import backward
 from shared.config.distill import DistillConfig
@@ -70,6 +70,14 @@ class InversionMethod(ABC):
         """Run this method's optimisation for one batch and return the synthetic samples."""
 
     # -- shared pieces ---------------------------------------------------------------------------------
+    def noisy_layers(self) -> NoisyLayers | None:
+        """Fresh NAYER-style noisy maps for one batch (``distill.noisy_groups``; None when 0)."""
+        cfg = self.ctx.cfg
+        if not cfg.noisy_groups:
+            return None
+        groups = min(cfg.noisy_groups, cfg.synthesis_batch_size)
+        return NoisyLayers(groups, self.ctx.generator.latent_dim, self.ctx.device, on=cfg.noisy_on)
+
     def sample_targets(self) -> torch.Tensor:
         return balanced_targets(self.ctx.cfg.synthesis_batch_size, self.ctx.num_classes, self.ctx.device)
 

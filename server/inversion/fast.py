@@ -37,14 +37,16 @@ class FastMetaSynthesis(InversionMethod):
         self._maybe_reset_l0()
         fast = copy.deepcopy(ctx.generator).train()
         z = ctx.generator.sample_latent(cfg.synthesis_batch_size, ctx.device).requires_grad_(True)
+        noise = self.noisy_layers()
         # A fresh inner optimiser per batch: the clone and its latents start from the meta state every time.
-        inner = torch.optim.Adam([{"params": fast.parameters()}, {"params": [z], "lr": cfg.lr_latent}],
-                                 lr=cfg.lr_generator, betas=(0.5, 0.999))
+        groups = [{"params": fast.parameters()}, {"params": [z], "lr": cfg.lr_latent}]
+        groups += [{"params": noise.parameters()}] if noise is not None else []
+        inner = torch.optim.Adam(groups, lr=cfg.lr_generator, betas=(0.5, 0.999))
         targets = self.sample_targets()
         self.meta_optimizer.zero_grad(set_to_none=True)
         best_images, best_loss, logs = None, math.inf, {}
         for _ in range(cfg.g_steps):
-            images = fast(z, targets)
+            images = fast(z, targets, noise)
             total, terms, _ = self.generator_loss(images, targets)
             loss = float(total.detach())
             if loss < best_loss:

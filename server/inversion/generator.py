@@ -31,6 +31,28 @@ class Upsample2x(nn.Module):
         return x[:, :, :, None, :, None].expand(n, c, h, 2, w, 2).reshape(n, c, 2 * h, 2 * w)
 
 
+class NoisyLayers(nn.Module):
+    """NAYER's noisy layer (Tran et al. 2024), on the latent code: ``groups`` random linear maps, freshly drawn
+    for every synthesised batch and trained only within it; sample i of a batch of n goes through map
+    ``i * groups // n``. A class-conditional generator left alone maps every code of a class to one image
+    (the class offset dominates the noise); a new random map per group and batch makes each group's images
+    of a class differ from every other group's and batch's, without a diversity loss. ``on="code"`` maps
+    z + e_y (NAYER maps the label embedding); ``on="latent"`` maps z only and adds e_y after, so the class
+    offset reaches the generator unscrambled."""
+
+    def __init__(self, groups: int, dim: int, device: torch.device | str | None = None, on: str = "code") -> None:
+        super().__init__()
+        if on not in ("code", "latent"):
+            raise ConfigError(f"noisy layers on={on!r} must be code (z + e_y, NAYER) or latent (z only)")
+        self.on = on
+        self.weight = nn.Parameter(torch.randn(groups, dim, dim, device=device) / math.sqrt(dim))
+
+    def forward(self, code: torch.Tensor) -> torch.Tensor:
+        groups, n = self.weight.shape[0], code.shape[0]
+        index = torch.arange(n, device=code.device) * groups // n
+        return torch.bmm(code.unsqueeze(1), self.weight[index]).squeeze(1)
+
+
 class Generator(nn.Module):
     """Maps latent codes to normalised images ``N x channels x image_size x image_size``."""
 
@@ -83,12 +105,18 @@ class Generator(nn.Module):
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, channels, 1, 1))
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, channels, 1, 1))
 
-    def pixels(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Images in pixel space [0, 1] (``labels`` are required by a class-conditional generator)."""
+    def pixels(self, z: torch.Tensor, labels: torch.Tensor | None = None, noise: NoisyLayers | None = None
+               ) -> torch.Tensor:
+        """Images in pixel space [0, 1] (``labels`` are required by a class-conditional generator; ``noise``
+        maps the code before the projection)."""
+        if noise is not None and noise.on == "latent":
+            z = noise(z)
         if self.embed is not None:
             if labels is None:
                 raise ValueError("this generator is class-conditional: pass labels")
             z = z + self.embed(labels) if self.conditioning == "add" else z * self.embed(labels)
+        if noise is not None and noise.on == "code":
+            z = noise(z)
         h = self.project(z).view(z.shape[0], self.width * 2, *self.init_size)
         out = torch.sigmoid(self.body(h))
         if out.shape[-2:] != self.image_size:  # sizes not divisible by 4: centre-crop the 4x map
@@ -97,9 +125,10 @@ class Generator(nn.Module):
             out = out[..., top : top + self.image_size[0], left : left + self.image_size[1]]
         return out
 
-    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None, noise: NoisyLayers | None = None
+                ) -> torch.Tensor:
         """Normalised images, ready for the teacher."""
-        return (self.pixels(z, labels) - self.mean) / self.std
+        return (self.pixels(z, labels, noise) - self.mean) / self.std
 
     def sample_latent(self, n: int, device: torch.device | str | None = None) -> torch.Tensor:
         return torch.randn(n, self.latent_dim, device=device or self.mean.device)

@@ -32,6 +32,8 @@ class DistillConfig:
     latent_dim: int = 256
     generator_width: int = 16
     conditional_generator: bool = True  # code z + embed(y): learns class -> image once (cheap on CPU)
+    noisy_groups: int = 0  # NAYER noisy layers: random code maps per batch, this many groups per batch (0 = off)
+    noisy_on: str = "code"  # code: map z + e_y (NAYER); latent: map z, then add e_y
     generator_conditioning: str = "add"  # add: z + e_y; mul: GDFQ's z * e_y (measured far slower, docs/engine.md)
     synthesis_batch_size: int = 32
     g_steps: int = 2  # generator (or fast-generator) steps per synthesised batch
@@ -107,6 +109,7 @@ class DistillConfig:
         _choice("synthesis_augment", self.synthesis_augment, SYNTHESIS_AUGMENTS)
         _choice("fast_meta", self.fast_meta, FAST_META)
         _choice("generator_conditioning", self.generator_conditioning, ("add", "mul"))
+        _choice("noisy_on", self.noisy_on, ("code", "latent"))
         for name in ("student", "base", "kd_loss", "replay", "sampler"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ConfigError(f"distill.{name} must be a non-empty name")
@@ -114,7 +117,7 @@ class DistillConfig:
                      "condensed_batch_size", "kd_batch_size", "kd_steps", "pool_cap", "eval_samples", "pool_every"):
             _at_least(name, getattr(self, name), 1)
         for name in ("epochs", "warmup_epochs", "checkpoint_every", "grid_every", "num_threads", "synthetic_budget",
-                     "fast_reset_l0"):
+                     "fast_reset_l0", "noisy_groups"):
             _at_least(name, getattr(self, name), 0)
         for name in ("lr_generator", "lr_latent", "lr_discriminator", "lr_student", "temperature"):
             if not getattr(self, name) > 0:
