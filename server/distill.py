@@ -221,7 +221,8 @@ class Distiller:
         cfg, card = self.cfg, self.card
         self.generator = Generator(cfg.latent_dim, card.in_channels, card.image_size, card.mean, card.std,
                                    width=cfg.generator_width,
-                                   num_classes=card.num_classes if cfg.conditional_generator else 0).to(self.device)
+                                   num_classes=card.num_classes if cfg.conditional_generator else 0,
+                                   conditioning=cfg.generator_conditioning).to(self.device)
         if cfg.guided:
             assert self.condensed is not None
             feature_dim = int(getattr(self.teacher, "feature_dim", 0))
