@@ -32,22 +32,22 @@ class DistillConfig:
     latent_dim: int = 256
     generator_width: int = 16
     conditional_generator: bool = True  # code z + embed(y): learns class -> image once (cheap on CPU)
-    noisy_groups: int = 0  # NAYER noisy layers: random code maps per batch, this many groups per batch (0 = off)
+    noisy_groups: int = 25  # NAYER noisy layers: random code maps per batch, this many groups per batch (0 = off)
     noisy_on: str = "code"  # code: map z + e_y (NAYER); latent: map z, then add e_y
     generator_conditioning: str = "add"  # add: z + e_y; mul: GDFQ's z * e_y (measured far slower, docs/engine.md)
-    synthesis_batch_size: int = 32
+    synthesis_batch_size: int = 256  # Fast-Datafree's
     g_steps: int = 2  # generator (or fast-generator) steps per synthesised batch
     lr_generator: float = 5e-3
-    lr_latent: float = 0.01  # fast: learning rate of the per-batch latent codes
-    warmup_epochs: int = 10  # adversarial term off during warm-up
+    lr_latent: float = 0.015  # fast: learning rate of the per-batch latent codes (Fast-Datafree, g_steps 2)
+    warmup_epochs: int = 20  # adversarial term off during warm-up (Fast-Datafree: 20)
     kd_in_warmup: bool = False  # Fast-Datafree: warm-up epochs only synthesise (the pool fills before KD)
-    bn_weight: float = 0.1
+    bn_weight: float = 10.0  # Fast-Datafree's bn, oh and adv (its WRN setting)
     bn_momentum: float = 0.9  # Fast-Datafree bn_mmt: BN statistics averaged with earlier batches (0 = off)
     synthesis_augment: str = "crop_flip"  # the teacher judges a random crop/flip of each synthetic image
     fast_meta: str = "fomaml"  # base=fast meta update: first-order MAML (upstream default) or Reptile
     fast_reset_l0: int = 120  # base=fast: re-initialise the generator's first layer this many epochs after warm-up
-    oh_weight: float = 1.0
-    adv_weight: float = 1.0
+    oh_weight: float = 0.5
+    adv_weight: float = 1.1
     # Condensed-guided feature alignment (used in mode mi*).
     fa_weight: float = 5.0
     lr_discriminator: float = 2e-3
@@ -56,14 +56,14 @@ class DistillConfig:
     diffaugment: str = "color,translation,cutout"
     # Knowledge distillation.
     kd_loss: str = "kl"
-    temperature: float = 4.0
-    kd_batch_size: int = 128
-    kd_steps: int = 20  # KD steps per epoch (after each synthesised batch)
-    kd_augment: str = "none"  # augment KD batches (recomputes teacher logits) or reuse cached logits
+    temperature: float = 20.0  # Fast-Datafree's T
+    kd_batch_size: int = 256
+    kd_steps: int = 100  # KD steps per epoch, after each synthesised batch (Fast-Datafree: 400; measured, docs/engine.md)
+    kd_augment: str = "crop_flip"  # augment KD batches, teacher re-labels each view (none: reuse cached logits)
     condensed_share: float = 0.0  # share of every KD batch drawn from the condensed samples (0 = uniform union)
-    student_optimizer: str = "adam"
-    lr_student: float = 2e-3
-    weight_decay: float = 0.0
+    student_optimizer: str = "sgd"  # momentum 0.9, Nesterov
+    lr_student: float = 0.1
+    weight_decay: float = 1e-4
     lr_schedule: str = "cosine"
     # Pool of KD samples (condensed + synthetic), in memory.
     replay: str = "pool"
