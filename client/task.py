@@ -10,7 +10,14 @@ Two sources, chosen by the SuperNode's node config:
   ``folder`` (``train.npz`` / ``train/<class>/*`` and optionally ``test.*``).
 
 Either way the node holds out ``data.test_fraction`` of its data (or its own test split) for federated
-evaluation. Anything missing raises ``DataError`` naming the node-config key and the fix."""
+evaluation. Anything missing raises ``DataError`` naming the node-config key and the fix.
+
+Normalisation at a deployed site: the ``folder`` loader computes mean/std from the site's pixels, and the
+payload's ``mean``/``std`` would send them to the server. So a deployed site normalises with the statistics
+the server sends in its query (the teacher's), or, when the query has none (``condex condense`` without
+``--mean/--std``, an older server), with the data-independent ``NEUTRAL_MEAN`` / ``NEUTRAL_STD`` for a
+``folder`` dataset (registered datasets keep their published constants). Simulated partitions keep the
+dataset's constants."""
 
 from __future__ import annotations
 
@@ -31,6 +38,8 @@ PARTITION_ID = "partition-id"
 NUM_PARTITIONS = "num-partitions"
 DATA_DIR = "data-dir"
 DATASET = "dataset"
+NEUTRAL_MEAN, NEUTRAL_STD = 0.5, 0.5  # per channel: pixels in [0, 1] map to [-1, 1]; depends on no data
+Stats = tuple[tuple[float, ...], tuple[float, ...]]
 
 
 @dataclass
@@ -46,12 +55,19 @@ class LocalData:
                 "class_counts": self.train.class_counts()}
 
 
-def load_local_data(node_config: Mapping[str, Any], data_cfg: DataConfig, num_classes: int | None = None) -> LocalData:
+def is_deployed(node_config: Mapping[str, Any]) -> bool:
+    """A site with its own data (``data-dir``), or anything that is not a simulated partition."""
+    return DATA_DIR in node_config or not (PARTITION_ID in node_config and NUM_PARTITIONS in node_config)
+
+
+def load_local_data(node_config: Mapping[str, Any], data_cfg: DataConfig, num_classes: int | None = None,
+                    stats: Stats | None = None) -> LocalData:
     """Dispatch on the node config: a deployment data folder wins over simulation partition ids.
-    ``num_classes``: the server's class count; a site folder that lacks the top classes is widened to it."""
+    ``num_classes``: the server's class count; a site folder that lacks the top classes is widened to it.
+    ``stats``: the server's (mean, std), which a deployed site normalises with (module docstring)."""
     if DATA_DIR in node_config:
         return load_site_data(Path(str(node_config[DATA_DIR])).expanduser(), str(node_config.get(DATASET, "folder")),
-                              data_cfg, num_classes)
+                              data_cfg, num_classes, stats)
     if PARTITION_ID in node_config and NUM_PARTITIONS in node_config:
         return load_partition(_as_int(node_config, PARTITION_ID), _as_int(node_config, NUM_PARTITIONS), data_cfg)
     raise DataError(
@@ -89,12 +105,15 @@ def _few_shot(full: LabeledImages, train_idx: np.ndarray, data_cfg: DataConfig, 
     return train_idx[few_shot_indices(labels, data_cfg.few_shot, seed=data_cfg.seed + partition_id)]
 
 
-def load_site_data(data_dir: Path, dataset: str, data_cfg: DataConfig, num_classes: int | None = None) -> LocalData:
-    """A data site's own files; its ``test`` split if present, else a held-out share of ``train``."""
+def load_site_data(data_dir: Path, dataset: str, data_cfg: DataConfig, num_classes: int | None = None,
+                   stats: Stats | None = None) -> LocalData:
+    """A data site's own files; its ``test`` split if present, else a held-out share of ``train``. Normalised
+    with ``stats`` (the server's), never with statistics of the files (module docstring)."""
     if not data_dir.is_dir():
         raise DataError(f"node config {DATA_DIR}={str(data_dir)!r} is not a directory; point it at the site's data "
                         "folder (train.npz or train/<class>/<image>)")
     train = _widen(load_dataset(dataset, "train", root=data_dir, download=False), num_classes)
+    train = with_public_stats(train, stats)
     if len(train) == 0:
         raise DataError(f"{DATA_DIR}={str(data_dir)!r} holds no training images")
     try:
@@ -105,6 +124,21 @@ def load_site_data(data_dir: Path, dataset: str, data_cfg: DataConfig, num_class
         train_idx, test_idx = train_test_split_indices(np.arange(len(train)), data_cfg.test_fraction, data_cfg.seed)
         train, test = train.subset(train_idx), train.subset(test_idx)
     return LocalData(train, test, f"{dataset} at {data_dir}")
+
+
+def with_public_stats(data: LabeledImages, stats: Stats | None) -> LabeledImages:
+    """``data`` normalised with ``stats`` (the server's), else for ``folder`` data with the neutral 0.5 / 0.5; the
+    folder loader's own statistics of the private pixels are dropped either way."""
+    channels = data.info.channels
+    if stats is None:
+        if data.info.name != "folder":
+            return data  # a registered dataset's published constants
+        stats = ((NEUTRAL_MEAN,) * channels, (NEUTRAL_STD,) * channels)
+    mean, std = (tuple(float(v) for v in part) for part in stats)
+    if len(mean) != channels or len(std) != channels:
+        raise DataError(f"the server's normalisation has {len(mean)} mean / {len(std)} std values but the site's "
+                        f"images have {channels} channel(s); the site's data does not match the teacher")
+    return LabeledImages(data.images, data.labels, dataclasses.replace(data.info, mean=mean, std=std))
 
 
 def _widen(data: LabeledImages, num_classes: int | None) -> LabeledImages:

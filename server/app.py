@@ -5,7 +5,8 @@
    for at most ``federation.reply_timeout_s``;
 3. decode and strictly validate each payload (``shared.payload.validate_payload`` against the teacher's
    geometry and the requested method / IPC / privacy budget); a node that failed, timed out or sent a
-   malformed payload is logged with its id and reason and listed in the report; the run goes on;
+   malformed payload, or refused the request under its privacy policy, is logged with its id and reason
+   and listed in the report; the run goes on;
 4. go on only if at least ``federation.min_payload_fraction`` of the queried nodes sent a valid payload;
 5. run the engine (guided model inversion + KD, ``server.distill``) and export the student (``server.export``);
 6. send the student to the nodes that answered for federated evaluation (``evaluate``);
@@ -32,10 +33,11 @@ from flwr.app import Context, Message
 from flwr.serverapp import Grid, ServerApp
 from torch import nn
 
-from server.report import ACCEPTED, FAILED, REJECTED, TIMEOUT, NodeOutcome, RunReport
+from server.report import ACCEPTED, FAILED, REFUSED, REJECTED, TIMEOUT, NodeOutcome, RunReport
 from shared import wire
 from shared.checkpoint import ModelCard, load_checkpoint
 from shared.config import CondexConfig, apply_overrides, load_config, to_flat
+from shared.config.policy import POLICY_REFUSAL_CODE
 from shared.errors import CheckpointError, CondexError, ConfigError, DataError, PayloadError
 from shared.payload import CondensedPayload, PayloadSpec, validate_payload
 
@@ -184,6 +186,7 @@ def payload_spec(card: ModelCard, cfg: CondexConfig) -> PayloadSpec:
         max_ipc=cfg.condense.ipc, max_bytes=cfg.federation.max_payload_bytes,
         max_epsilon=eps * EPSILON_TOLERANCE if eps is not None else None, methods=(cfg.condense.method,),
         require_secret_noise=True,  # the federated server talks to current sites only: DP noise must be secret
+        norm_mean=tuple(card.mean), norm_std=tuple(card.std),  # sent in the query: sites normalise with these
     )
 
 
@@ -212,7 +215,8 @@ def condense_request(cfg: CondexConfig) -> dict[str, bool | int | float | str]:
 def collect_payloads(grid: Grid, nodes: list[int], cfg: CondexConfig, spec: PayloadSpec) -> Collected:
     """Fan the condense query out, gather replies within the timeout and judge each one."""
     request = condense_request(cfg)
-    messages = [Message(wire.request_to_content(request, spec.num_classes), dst_node_id=node,
+    messages = [Message(wire.request_to_content(request, spec.num_classes, spec.norm_mean, spec.norm_std),
+                        dst_node_id=node,
                         message_type="query.condense", ttl=cfg.federation.ttl, group_id="condense")
                 for node in nodes]
     say(f"condense query ({cfg.condense.method}, IPC {cfg.condense.ipc}) sent to {len(nodes)} node(s); "
@@ -241,8 +245,9 @@ def judge_reply(node: int, reply: Message | None, spec: PayloadSpec,
     accepted payload."""
     if reply is None:
         return NodeOutcome(node, TIMEOUT, reason="no reply within federation.reply_timeout_s"), None
-    if reply.has_error():
-        return NodeOutcome(node, FAILED, reason=f"node error {reply.error.code}: {reply.error.reason}"), None
+    if reply.has_error():  # a site's policy refusal is kept apart: its reason names the policy key and value
+        status = REFUSED if reply.error.code == POLICY_REFUSAL_CODE else FAILED
+        return NodeOutcome(node, status, reason=f"node error {reply.error.code}: {reply.error.reason}"), None
     content = reply.content
     metrics, info = wire.node_metrics(content), wire.node_info(content)
     outcome = NodeOutcome(

@@ -15,12 +15,14 @@ from typing import Any
 from shared.io import atomic_write_text
 
 ACCEPTED, REJECTED, FAILED, TIMEOUT = "accepted", "rejected", "failed", "timeout"
+REFUSED = "refused"  # the site's privacy policy refused the request (error code 104); reason names the policy key
 
 
 @dataclass
 class NodeOutcome:
     """One node's answer to the condense query. ``status``: accepted | rejected (payload failed validation) |
-    failed (the node replied with an error) | timeout (no reply within federation.reply_timeout_s)."""
+    refused (the site's privacy policy refused the request; ``reason`` names the policy key and value) |
+    failed (the node replied with another error) | timeout (no reply within federation.reply_timeout_s)."""
 
     node_id: int
     status: str
@@ -97,6 +99,7 @@ class RunReport:
             "nodes_answered": self.nodes_answered,
             "payloads_accepted": len(self.accepted),
             "payloads_rejected": sum(o.status == REJECTED for o in self.node_outcomes),
+            "requests_refused": sum(o.status == REFUSED for o in self.node_outcomes),
             "rejections": self.rejections,
             "teacher_accuracy": self.teacher.get("accuracy"),
             "student_accuracy": self.student.get("accuracy"),
@@ -123,6 +126,7 @@ class RunReport:
             ("status", self.status + (f" ({self.error})" if self.error else "")),
             ("nodes queried / answered / accepted", f"{d['nodes']} / {d['nodes_answered']} / {d['payloads_accepted']}"),
             ("payloads rejected", str(d["payloads_rejected"])),
+            ("requests refused by site policy", str(d["requests_refused"])),
             ("teacher", f"{self.teacher.get('arch', '?')} accuracy {_pct(d['teacher_accuracy'])}"),
             ("student", f"{self.student.get('arch', '?')} accuracy {_pct(d['student_accuracy'])}"),
             ("federated evaluation (mean / weighted)",
@@ -141,7 +145,7 @@ class RunReport:
             secs = "-" if o.condense_seconds is None else f"{o.condense_seconds:.1f}"
             local = f"{_int(o.local_train)}/{_int(o.local_test)}"
             acc = _pct(o.eval_accuracy) if o.eval_accuracy is not None else (o.eval_error[:40] or "-")
-            reason = o.reason.replace("|", "/").replace("\n", " ")[:160] or "-"
+            reason = o.reason.replace("|", "/").replace("\n", " ") or "-"  # whole: a refusal names its policy key
             lines.append(f"| {o.node_id} | {o.status} | {o.source or '-'} | {o.method or '-'} | {o.num_samples} "
                          f"| {o.ipc} | {eps} | {secs} | {local} | {acc} | {reason} |")
         return lines

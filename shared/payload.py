@@ -13,6 +13,14 @@ sampling came from OS entropy, not from anything the server knows (``shared.priv
 validator rejects a DP payload naming any other noise source, or naming it together with a seed; a DP
 payload written before ``noise_source`` existed (it has a seed, from which its noise was drawn) is accepted
 with a logged warning, or rejected when ``PayloadSpec.require_secret_noise`` is set.
+
+What leaves a site is ``wire_meta`` (the Flower reply and the payload file). For a DP payload it leaves out
+``DP_PRIVATE_FIELDS``: the per-class counts of the site's records, which the DP analysis treats as public
+and therefore does not protect, and the sample rate and noise multiplier, from which (with the automatic
+sample rate) the number of local records follows. The in-memory ``meta`` keeps them for the site itself
+(its privacy ledger, its logs). A DP payload that does carry them is accepted with a warning (older
+writers), or rejected under ``require_secret_noise``. Non-DP payloads keep their counts: nothing about
+them is private in the DP sense, and docs/privacy.md lists what they reveal.
 """
 
 from __future__ import annotations
@@ -35,6 +43,9 @@ FORMAT_VERSION = 1
 WIRE_DTYPES = {"uint8": np.uint8, "float16": np.float16}
 META_KEY = "condex_meta"
 SECRET_NOISE_SOURCE = "os-entropy"  # meta.noise_source of every DP payload: noise and sampling from OS entropy
+# Meta fields a DP payload never sends (they stay at the site): exact class counts, and the sampling rate and
+# noise multiplier, which together with epsilon and the step count give away the number of local records.
+DP_PRIVATE_FIELDS = ("local_class_counts", "sample_rate", "noise_multiplier")
 
 log = logging.getLogger("condex.payload")
 
@@ -52,7 +63,8 @@ class PayloadMeta:
     width: int
     mean: list[float]
     std: list[float]
-    local_class_counts: list[int]  # real samples per class at the site (treated as public, see docs)
+    # real samples per class at the site; sent only by non-DP payloads (see DP_PRIVATE_FIELDS, docs/privacy.md)
+    local_class_counts: list[int] | None = None
     seed: int | None = None  # condense.seed of a non-DP run (reproducibility); never set for DP payloads
     noise_source: str | None = None  # DP payloads: where noise and sampling came from (SECRET_NOISE_SOURCE)
     iterations: int = 0  # iterations actually run
@@ -131,8 +143,17 @@ class CondensedPayload:
         return {"images": np.ascontiguousarray(images), "labels": self.labels.detach().cpu().numpy().astype(np.int64)}
 
     def wire_meta(self, wire_dtype: str | None = None) -> dict[str, Any]:
-        """``meta.to_dict()`` with ``wire_dtype`` set to the encoding ``to_arrays`` used."""
-        return {**self.meta.to_dict(), "wire_dtype": wire_dtype or self.meta.wire_dtype}
+        """What leaves the site: ``meta.to_dict()`` with ``wire_dtype`` set to the encoding ``to_arrays`` used,
+        and, for a DP payload, without ``DP_PRIVATE_FIELDS``."""
+        meta = self.meta.to_dict()
+        if self.meta.epsilon is not None:
+            for name in DP_PRIVATE_FIELDS:
+                meta.pop(name, None)
+        return {**meta, "wire_dtype": wire_dtype or self.meta.wire_dtype}
+
+    def released(self) -> CondensedPayload:
+        """The payload exactly as the server will see it: wire arrays and ``wire_meta``, decoded again."""
+        return CondensedPayload.from_arrays(self.to_arrays(), self.wire_meta())
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], meta: PayloadMeta | dict[str, Any]) -> CondensedPayload:
@@ -191,8 +212,13 @@ class PayloadSpec:
     max_bytes: int = 16 * 2**20  # wire size of the images + labels
     dataset: str | None = None
     max_epsilon: float | None = None  # set to require DP payloads with at most this epsilon
-    require_secret_noise: bool = False  # also reject DP payloads that do not state noise_source (older writers)
+    # also reject DP payloads of older writers: no noise_source, or DP_PRIVATE_FIELDS sent
+    require_secret_noise: bool = False
     methods: tuple[str, ...] | None = None  # None: any method
+    # The normalisation (the teacher's) the server sends in its query, so that sites holding their own images
+    # (dataset "folder") never compute and send statistics of them. Not checked against the payload.
+    norm_mean: tuple[float, ...] | None = None
+    norm_std: tuple[float, ...] | None = None
 
 
 def validate_payload(payload: CondensedPayload, expected: PayloadSpec) -> None:
@@ -224,7 +250,8 @@ def _validate_meta(meta: PayloadMeta, spec: PayloadSpec) -> None:
         raise PayloadError(f"meta.mean/std must have {meta.channels} entries (one per channel)")
     if not all(math.isfinite(s) and s > 0 for s in meta.std) or not all(math.isfinite(m) for m in meta.mean):
         raise PayloadError(f"meta.std={meta.std} must be finite and > 0 and meta.mean={meta.mean} finite")
-    if len(meta.local_class_counts) != meta.num_classes or any(c < 0 for c in meta.local_class_counts):
+    counts = meta.local_class_counts
+    if counts is not None and (len(counts) != meta.num_classes or any(c < 0 for c in counts)):
         raise PayloadError(f"meta.local_class_counts must be {meta.num_classes} non-negative integers")
     if meta.wire_dtype not in WIRE_DTYPES:
         raise PayloadError(f"meta.wire_dtype={meta.wire_dtype!r} must be one of {', '.join(WIRE_DTYPES)}")
@@ -238,6 +265,7 @@ def _validate_privacy(meta: PayloadMeta, spec: PayloadSpec) -> None:
         if meta.delta is None or not 0.0 < meta.delta < 1.0:
             raise PayloadError(f"meta.delta={meta.delta} must be in (0, 1) when meta.epsilon is set")
         _validate_noise_source(meta, spec)
+        _validate_dp_private_fields(meta, spec)
     elif meta.noise_source is not None:
         raise PayloadError(f"meta.noise_source={meta.noise_source!r} is only meaningful for DP payloads "
                            "(meta.epsilon is not set)")
@@ -265,6 +293,18 @@ def _validate_noise_source(meta: PayloadMeta, spec: PayloadSpec) -> None:
                            "payload must not carry one")
 
 
+def _validate_dp_private_fields(meta: PayloadMeta, spec: PayloadSpec) -> None:
+    """A DP payload must not carry what its DP analysis does not protect (class counts, sample rate, noise)."""
+    sent = [name for name in DP_PRIVATE_FIELDS if getattr(meta, name) is not None]
+    if not sent:
+        return
+    message = (f"meta.{', meta.'.join(sent)}: a DP payload ({meta.method}) must not carry these; they reveal the "
+               "site's class counts or number of records, which its (epsilon, delta) does not cover")
+    if spec.require_secret_noise:
+        raise PayloadError(f"{message}; the server requires current DP payloads")
+    log.warning("%s (accepted: PayloadSpec.require_secret_noise is off)", message)
+
+
 def _validate_tensors(payload: CondensedPayload, spec: PayloadSpec) -> None:
     images, labels = payload.images, payload.labels
     if not isinstance(images, torch.Tensor) or images.dtype != torch.float32:
@@ -289,10 +329,11 @@ def _validate_tensors(payload: CondensedPayload, spec: PayloadSpec) -> None:
 
 def _validate_counts(payload: CondensedPayload) -> None:
     counts = payload.class_counts()
-    for cls, (count, local) in enumerate(zip(counts, payload.meta.local_class_counts, strict=True)):
+    local_counts = payload.meta.local_class_counts
+    for cls, count in enumerate(counts):
         if count > payload.meta.ipc:
             raise PayloadError(f"labels: class {cls} has {count} images, more than meta.ipc={payload.meta.ipc}")
-        if count > 0 and local == 0:
+        if local_counts is not None and count > 0 and local_counts[cls] == 0:
             raise PayloadError(f"labels: class {cls} has images but meta.local_class_counts says the site holds none")
 
 

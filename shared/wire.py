@@ -7,13 +7,16 @@ A condense **reply** is a ``RecordDict`` with
   ``allow_pickle=False``, so a hostile node cannot smuggle objects in;
 * ``"payload-meta"`` (ConfigRecord): ``PayloadMeta.to_dict`` (method, IPC, shape, normalisation, privacy
   accounting, ...);
-* ``"node-metrics"`` (MetricRecord): epsilon, condensation time, local train/test counts;
+* ``"node-metrics"`` (MetricRecord): epsilon, condensation time, and, for non-DP payloads only, the local
+  train/test counts (a DP reply leaves them out: they are not covered by its privacy budget);
 * ``"node-info"`` (ConfigRecord): the node's description of its data source.
 
 An **evaluate** request carries the student as ``"student"`` (ArrayRecord of its ``state_dict``) plus
 ``"student-card"`` (ConfigRecord with the model card JSON), so the node can rebuild the architecture.
 A **condense** request carries ``"config"`` (ConfigRecord of ``section.kebab-key`` run-config entries
-the server wants the node to use on top of the run config).
+the server wants the node to use on top of the run config) and ``"expect"`` (ConfigRecord: ``num-classes``
+of the teacher and its normalisation ``mean`` / ``std``, which sites holding their own images use instead
+of statistics computed from them).
 
 Decoding never trusts the sender: sizes are checked before arrays are materialised and every problem
 raises ``PayloadError`` naming the record or field."""
@@ -21,7 +24,8 @@ raises ``PayloadError`` naming the record or field."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -124,12 +128,19 @@ def student_from_content(content: RecordDict) -> tuple[nn.Module, ModelCard]:
 
 
 # ---- requests ------------------------------------------------------------------------------------------
-def request_to_content(values: Mapping[str, bool | int | float | str], num_classes: int | None = None) -> RecordDict:
-    """A condense request: run-config style overrides (``condense.ipc`` ...) the node applies, and the number
-    of classes the server's teacher knows (a site folder may hold only some of them)."""
+def request_to_content(values: Mapping[str, bool | int | float | str], num_classes: int | None = None,
+                       mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> RecordDict:
+    """A condense request: run-config style overrides (``condense.ipc`` ...) the node applies, the number of
+    classes the server's teacher knows (a site folder may hold only some of them) and the teacher's
+    normalisation (``mean``/``std`` per channel), which a site normalises its own images with."""
     content = RecordDict({REQUEST_CONFIG: ConfigRecord(dict(values))})
+    expect: dict[str, int | list[float]] = {}
     if num_classes is not None:
-        content[REQUEST_EXPECT] = ConfigRecord({"num-classes": int(num_classes)})
+        expect["num-classes"] = int(num_classes)
+    if mean is not None and std is not None:
+        expect["mean"], expect["std"] = [float(m) for m in mean], [float(s) for s in std]
+    if expect:
+        content[REQUEST_EXPECT] = ConfigRecord(expect)
     return content
 
 
@@ -137,6 +148,21 @@ def expected_classes(content: RecordDict) -> int | None:
     record = content.config_records.get(REQUEST_EXPECT)
     value = record.get("num-classes") if record else None
     return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def expected_stats(content: RecordDict) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The normalisation (mean, std) the server asked for, or None if its query has none; ``PayloadError``
+    if it is malformed (lengths differ, not finite, std <= 0)."""
+    record = content.config_records.get(REQUEST_EXPECT)
+    if not record or "mean" not in record or "std" not in record:
+        return None
+    mean, std = record["mean"], record["std"]
+    if not (isinstance(mean, list) and isinstance(std, list) and len(mean) == len(std) > 0
+            and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in mean + std)
+            and all(v > 0 for v in std)):
+        raise PayloadError(f"{REQUEST_EXPECT}: mean={mean!r} / std={std!r} must be equally long lists of finite "
+                           "numbers, std > 0")
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 
 def request_from_content(content: RecordDict) -> dict[str, Any]:

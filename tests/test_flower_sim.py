@@ -1,9 +1,9 @@
 """The Flower apps end to end: ServerApp orchestration (waiting, fan-out, validation, quorum, report) with
 the real ClientApp code, and a real 3-node Flower simulation (Ray) on Fashion-MNIST.
 
-Sizes are tiny (a 1-epoch ResNet-8/4 teacher on 2000 images, DM with IPC 2 and 3 iterations, 2 distillation
-epochs) so the plumbing, not the accuracy, is what is tested; the accuracy of the default job is measured
-by the main job (README)."""
+Sizes are tiny (a 1-epoch ResNet-8/4 teacher on 2000 images, DP-DM or DM with IPC 2 and 3 iterations, 2
+distillation epochs) so the plumbing, not the accuracy, is what is tested; the accuracy of the default job is
+measured by the main job (README)."""
 
 from __future__ import annotations
 
@@ -48,17 +48,22 @@ def tiny_teacher(directory: Path, train: LabeledImages) -> Path:
 
 
 def tiny_overrides(teacher: Path, out: Path) -> dict[str, Any]:
-    """Run-config entries that make the whole job take seconds."""
+    """Run-config entries that make the whole job take seconds. The job is DP-DM with epsilon 8, which every
+    site's default policy accepts (a deployed site, tests/test_deploy.py, refuses non-DP methods); tests of
+    non-DP methods set ``NON_DP`` entries on top."""
     return {
         "teacher.checkpoint": str(teacher), "output-dir": str(out), "device": "cpu",
-        "condense.method": "dm", "condense.ipc": 2, "condense.iterations": 3, "condense.batch-real": 16,
-        "condense.model-width": 16,
+        "condense.method": "dp-dm", "condense.epsilon": 8.0, "condense.ipc": 2, "condense.iterations": 3,
+        "condense.batch-real": 16, "condense.model-width": 16,
         "distill.epochs": 2, "distill.kd-steps": 2, "distill.synthesis-batch-size": 16, "distill.kd-batch-size": 32,
         "distill.latent-dim": 16, "distill.generator-width": 8, "distill.discriminator-hidden": 16,
         "distill.condensed-batch-size": 8, "distill.warmup-epochs": 0, "distill.eval-samples": 200,
         "distill.eval-every-seconds": 1000.0, "distill.checkpoint-every": 0, "distill.grid-every": 0,
         "data.test-fraction": 0.2, "federation.reply-timeout-s": 600.0, "federation.eval-timeout-s": 300.0,
     }
+
+
+NON_DP = {"condense.epsilon": 0.0}  # with a non-DP condense.method on top of tiny_overrides
 
 
 def read_report(out: Path) -> dict[str, Any]:
@@ -151,13 +156,14 @@ def _partition(i: int, n: int) -> dict[str, Any]:
 # ---- ServerApp orchestration with the real ClientApp ---------------------------------------------------
 def test_failed_timed_out_and_malformed_nodes_do_not_stop_the_run(teacher: Path, tmp_path: Path) -> None:
     # `real` condensation keeps this test fast; DM runs in the simulation tests below.
-    overrides = tiny_overrides(teacher, tmp_path / "out") | {"federation.min-payload-fraction": 0.4,
-                                                             "condense.method": "real"}
+    overrides = tiny_overrides(teacher, tmp_path / "out") | NON_DP | {"federation.min-payload-fraction": 0.4,
+                                                                      "condense.method": "real"}
     good = client_app.build_app()
     grid = LocalGrid({
         11: (good, _partition(0, 4)),
         12: (good, _partition(1, 4)),
-        13: (good, {"data-dir": str(tmp_path / "no-such-site")}),  # its data cannot be loaded
+        # its data cannot be loaded (its policy allows `real`: a deployed site's default would refuse it first)
+        13: (good, {"data-dir": str(tmp_path / "no-such-site"), "policy-require-dp": False}),
         14: (malformed_client(), _partition(2, 4)),
         15: (good, _partition(3, 4)),  # never answers
     }, run_config={}, silent=[15])
@@ -182,10 +188,11 @@ def test_failed_timed_out_and_malformed_nodes_do_not_stop_the_run(teacher: Path,
 
 
 def test_too_few_valid_payloads_fail_the_run_with_a_report(teacher: Path, tmp_path: Path) -> None:
-    overrides = tiny_overrides(teacher, tmp_path / "out") | {"federation.min-payload-fraction": 0.75,
-                                                             "condense.method": "real"}
+    overrides = tiny_overrides(teacher, tmp_path / "out") | NON_DP | {"federation.min-payload-fraction": 0.75,
+                                                                      "condense.method": "real"}
     grid = LocalGrid({1: (client_app.build_app(), _partition(0, 2)),
-                      2: (client_app.build_app(), {"data-dir": str(tmp_path / "missing")})}, run_config={})
+                      2: (client_app.build_app(), {"data-dir": str(tmp_path / "missing"), "policy-require-dp": False})},
+                     run_config={})
     report = server_app.run_job(grid, server_app.server_config({}, overrides), command="pytest")
     assert report.status == "failed"
     assert "1 of 2" in report.error and "min_payload_fraction" in report.error
@@ -214,7 +221,9 @@ def test_client_rejects_invalid_requests_with_an_error_reply(teacher: Path, tmp_
 def test_three_node_flower_simulation(teacher: Path, tmp_path: Path) -> None:
     from flwr.simulation import run_simulation
 
-    overrides = tiny_overrides(teacher, tmp_path / "out") | {"federation.min-nodes": 3}
+    # dm, the default job's method: a simulated site's default policy allows it
+    overrides = tiny_overrides(teacher, tmp_path / "out") | NON_DP | {"federation.min-nodes": 3,
+                                                                      "condense.method": "dm"}
     run_simulation(
         server_app=server_app.build_app(overrides), client_app=client_app.build_app(overrides), num_supernodes=3,
         backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": 2}},

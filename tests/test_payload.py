@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shared.errors import PayloadError
-from shared.payload import CondensedPayload, PayloadMeta, PayloadSpec, validate_payload
+from shared.payload import DP_PRIVATE_FIELDS, CondensedPayload, PayloadMeta, PayloadSpec, validate_payload
 
 SPEC = PayloadSpec(num_classes=10, image_shape=(1, 28, 28), max_ipc=10)
 
@@ -55,14 +55,34 @@ def test_wire_round_trip(wire_dtype: str, tolerance: float) -> None:
     validate_payload(back, SPEC)
 
 
-def test_file_round_trip_keeps_dp_metadata(tmp_path: Path) -> None:
+def test_file_round_trip_keeps_the_public_dp_metadata(tmp_path: Path) -> None:
     payload = make_payload([2, 0, 1, 2, 2, 2, 0, 2, 2, 2], epsilon=3.5, wire_dtype="float16")
-    payload.meta.noise_multiplier, payload.meta.dp_steps = 1.25, 400
+    payload.meta.noise_multiplier, payload.meta.sample_rate, payload.meta.dp_steps = 1.25, 0.02, 400
     path = payload.save(tmp_path / "site" / "payload.safetensors")
     back = CondensedPayload.load(path)
-    assert back.meta == payload.meta and torch.equal(back.labels, payload.labels)
+    # what stays at the site: class counts, sample rate, noise multiplier (DP_PRIVATE_FIELDS)
+    public = dataclasses.replace(payload.meta, local_class_counts=None, sample_rate=None, noise_multiplier=None)
+    assert back.meta == public and back.meta.dp_steps == 400 and back.meta.epsilon == 3.5
+    assert back.meta == payload.released().meta and torch.equal(back.labels, payload.labels)
     assert torch.allclose(back.images, payload.images, atol=5e-4)
     assert not list(path.parent.glob(".*"))  # atomic write left no temporary file
+
+
+def test_dp_payloads_leave_without_class_counts_and_sampling_parameters(caplog: pytest.LogCaptureFixture) -> None:
+    dp = make_payload([2] * 10, epsilon=3.0)
+    dp.meta.noise_multiplier, dp.meta.sample_rate, dp.meta.dp_steps = 1.1, 0.05, 20
+    dp.meta.seed, dp.meta.noise_source = None, "os-entropy"
+    sent = dp.wire_meta()
+    assert not set(DP_PRIVATE_FIELDS) & set(sent) and sent["epsilon"] == 3.0 and sent["dp_steps"] == 20
+    strict = dataclasses.replace(SPEC, require_secret_noise=True)
+    validate_payload(dp.released(), strict)  # counts are optional; only the label <= ipc check remains
+    with caplog.at_level("WARNING", logger="condex.payload"):
+        validate_payload(dp, SPEC)  # an older writer's DP payload that still carries them: accepted, flagged
+    assert "local_class_counts" in caplog.text and "sample_rate" in caplog.text
+    with pytest.raises(PayloadError, match=r"meta\.local_class_counts, meta\.sample_rate, meta\.noise_multiplier"):
+        validate_payload(dp, strict)
+    non_dp = make_payload([2] * 10)  # a non-DP payload keeps its counts (documented as revealed)
+    assert non_dp.wire_meta()["local_class_counts"] == non_dp.meta.local_class_counts
 
 
 def test_load_rejects_foreign_files(tmp_path: Path) -> None:

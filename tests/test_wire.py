@@ -131,3 +131,16 @@ def test_request_round_trip() -> None:
     assert wire.request_from_content(content) == {"condense.ipc": 5, "condense.epsilon": ""}
     assert wire.expected_classes(content) == 10
     assert wire.expected_classes(wire.request_to_content({})) is None
+
+
+def test_request_carries_the_teachers_normalisation() -> None:
+    content = wire.request_to_content({"condense.ipc": 5}, num_classes=10, mean=[0.2, 0.3, 0.4], std=[0.5, 0.6, 0.7])
+    assert wire.expected_stats(content) == ((0.2, 0.3, 0.4), (0.5, 0.6, 0.7))
+    assert wire.expected_classes(content) == 10
+    assert wire.expected_stats(wire.request_to_content({}, num_classes=10)) is None
+    content[wire.REQUEST_EXPECT] = ConfigRecord({"num-classes": 10, "mean": [0.2], "std": [0.0]})
+    with pytest.raises(PayloadError, match="std > 0"):
+        wire.expected_stats(content)
+    content[wire.REQUEST_EXPECT] = ConfigRecord({"mean": [0.2, 0.3], "std": [0.5]})
+    with pytest.raises(PayloadError, match="equally long"):
+        wire.expected_stats(content)

@@ -108,6 +108,11 @@ class Condenser(ABC):
                    progress: bool) -> Synthesis:
         """Produce the synthetic set (normalised images) for ``local``."""
 
+    def planned_releases(self, cfg: CondenseConfig) -> int:
+        """Noisy releases a full run makes (what ``plan_privacy`` calibrates for); 0 for non-DP methods. A run
+        stopped by ``condense.time_budget_s`` makes fewer, so the plan bounds what a run can spend."""
+        return 0
+
 
 condensers: Registry[type[Condenser]] = Registry("condensation method")
 

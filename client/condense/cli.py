@@ -4,8 +4,16 @@
     condex condense --method dp-dm --epsilon 8 --output outputs/site.safetensors
 
 Defaults come from the composed configuration (``configs/``, FMNIST-CPU setting); flags override them,
-and ``--set section.key=value`` reaches any other knob. Writes the payload (safetensors + JSON metadata)
-and a PNG grid of the condensed images beside it.
+and ``--set section.key=value`` reaches any other knob. Writes the payload (safetensors + JSON metadata,
+exactly what a Flower reply would carry: a DP payload has no class counts) and a PNG grid of the condensed
+images beside it.
+
+The site's privacy policy (``--policy-*``, the node-config keys of ``shared.config.policy``) is checked
+before the data is read, again on the planned run and on the payload before it is written; with
+``--policy-ledger`` the run is charged to the site's ledger first. Without flags, ``--dataset folder`` (a
+site's own images) gets a deployed site's policy (DP only, epsilon <= 10 and delta <= 1e-5 per run) and a
+registered (public) dataset a simulated site's (everything allowed). A ``folder`` dataset is normalised with
+``--mean/--std`` (the teacher's), else with 0.5 / 0.5, never with statistics of its images.
 """
 
 from __future__ import annotations
@@ -16,7 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from client.policy import PolicyGuard
+from client.task import with_public_stats
 from shared.config import CondexConfig, apply_overrides, load_config
+from shared.config.policy import DEPLOYED, KEYS, SIMULATED, SitePolicy, parse_policy
 from shared.data import LabeledImages, few_shot_indices, load_dataset, partition_indices
 from shared.errors import ConfigError
 from shared.payload import CondensedPayload, PayloadSpec, validate_payload
@@ -64,11 +75,53 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     method.add_argument("--device", help="auto | cpu | cuda[:N]")
     method.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="any config override, e.g. --set condense.batch_real=64 (repeatable)")
+    method.add_argument("--mean", help="folder datasets: normalisation mean per channel, comma-separated (the "
+                        "teacher's; default 0.5); never computed from the images")
+    method.add_argument("--std", help="folder datasets: normalisation std per channel (the teacher's; default 0.5)")
+    policy = parser.add_argument_group(
+        "site privacy policy", "bounds this site applies whatever the other flags ask (\"none\" = no bound); "
+        "defaults: a deployed site's for --dataset folder, a simulated site's otherwise")
+    for key, help_text in POLICY_HELP.items():
+        policy.add_argument(f"--{key}", dest=KEYS[key], metavar="VALUE", help=help_text)
     out = parser.add_argument_group("output")
     out.add_argument("--output", default="outputs/condensed/payload.safetensors", help="payload file")
     out.add_argument("--png", help="image grid (default: the payload path with .png)")
     out.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
+
+
+POLICY_HELP = {
+    "policy-methods": "methods this site runs, comma-separated (default: all)",
+    "policy-require-dp": "true: refuse non-DP methods (default: true for folder data)",
+    "policy-max-epsilon": "largest epsilon per run (default: 10 for folder data)",
+    "policy-max-delta": "largest delta per run (default: 1e-5 for folder data)",
+    "policy-max-ipc": "most images per class (default: none)",
+    "policy-lifetime-epsilon": "total epsilon over all runs in --policy-ledger (default: none)",
+    "policy-lifetime-delta": "delta of the lifetime epsilon (default: 1e-5)",
+    "policy-ledger": "the site's privacy ledger file (JSON; every released run is recorded)",
+    "policy-evaluate": "answer evaluation requests (Flower only; default: true)",
+}
+assert set(POLICY_HELP) == set(KEYS)
+
+
+def build_policy(args: argparse.Namespace, cfg: CondexConfig) -> SitePolicy:
+    """The ``--policy-*`` flags over the defaults of a deployed (``folder``) or simulated site."""
+    values = {key: getattr(args, name) for key, name in KEYS.items() if getattr(args, name, None) is not None}
+    return parse_policy(values, DEPLOYED if cfg.data.dataset == "folder" else SIMULATED, spell="condex condense")
+
+
+def cli_stats(args: argparse.Namespace) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    if (args.mean is None) != (args.std is None):
+        raise ConfigError("--mean and --std go together (the teacher's normalisation, one value per channel)")
+    if args.mean is None:
+        return None
+    try:
+        mean, std = (tuple(float(v) for v in text.split(",")) for text in (args.mean, args.std))
+    except ValueError:
+        raise ConfigError(f"--mean={args.mean!r} / --std={args.std!r} must be comma-separated numbers") from None
+    if len(mean) != len(std) or not all(np.isfinite(mean + std)) or min(std) <= 0:
+        raise ConfigError(f"--mean={args.mean!r} / --std={args.std!r}: one finite value per channel each, std > 0")
+    return mean, std
 
 
 def build_config(args: argparse.Namespace) -> CondexConfig:
@@ -104,15 +157,27 @@ def run(args: argparse.Namespace) -> int:
     from client.condense import condense
 
     cfg = build_config(args)
+    guard = PolicyGuard(build_policy(args, cfg))
+    stats = cli_stats(args)
+    guard.check_request(cfg.condense)
     data = site_data(cfg, args.partition, args.partition_id)
+    if stats is not None or data.info.name == "folder":
+        data = with_public_stats(data, stats)
+    guard.check_plan(data, cfg.condense)
     payload = condense(data, cfg.condense, progress=not args.quiet, device=cfg.device)
     info = data.info
-    validate_payload(payload, PayloadSpec(num_classes=info.num_classes, image_shape=info.shape,
-                                          max_ipc=max(cfg.condense.ipc, 1), dataset=info.name))
+    released = payload.released()  # what the file holds: a DP payload without class counts
+    validate_payload(released, PayloadSpec(num_classes=info.num_classes, image_shape=info.shape,
+                                           max_ipc=max(cfg.condense.ipc, 1), dataset=info.name))
+    charge = guard.release(payload, note=f"condex condense --output {args.output}")
     path = payload.save(args.output)
     png = Path(args.png) if args.png else path.with_suffix(".png")
     save_class_grid(png, payload.images, payload.labels, info.num_classes)
     print(summary(payload, path, png))
+    print(guard.policy.describe())
+    if charge is not None and guard.ledger is not None:
+        print(f"ledger {guard.ledger.path}: lifetime epsilon {charge.after:.4g} at delta "
+              f"{guard.policy.lifetime_delta:g} after {charge.runs + 1} run(s)")
     return 0
 
 
@@ -127,6 +192,7 @@ def summary(payload: CondensedPayload, path: Path, png: Path) -> str:
         lines.append(f"privacy: ({meta.epsilon:.3g}, {meta.delta:g})-DP, {meta.accountant} accountant, "
                      f"noise multiplier "
                      f"{meta.noise_multiplier:.4g}, sample rate {meta.sample_rate:.4g}, {meta.dp_steps} steps, "
-                     f"clip {meta.clip:g}; noise and sampling from {meta.noise_source} (not reproducible)")
+                     f"clip {meta.clip:g}; noise and sampling from {meta.noise_source} (not reproducible); the "
+                     "file leaves out the class counts, sample rate and noise multiplier")
     lines.append(f"payload: {path}  grid: {png}")
     return "\n".join(lines)

@@ -37,8 +37,12 @@ class DPDistributionMatching(DistributionMatching):
     # images, 2026-11-22) lr 10 / 100 / 300 gave 67.3% / 71.5% / 73.0%.
     default_lr_img = 300.0
 
+    def planned_releases(self, cfg: CondenseConfig) -> int:
+        return cfg.iterations
+
     def begin(self, local: LocalData, cfg: CondenseConfig) -> None:
-        self.plan: PrivacyPlan = plan_privacy(cfg, len(local.labels), local.num_groups, releases=cfg.iterations)
+        self.plan: PrivacyPlan = plan_privacy(cfg, len(local.labels), local.num_groups,
+                                              releases=self.planned_releases(cfg))
         counts = torch.tensor([local.counts[c] for c in local.classes], dtype=torch.float32, device=local.device)
         self.expected_batch = (counts * self.plan.sample_rate).clamp(min=1.0).unsqueeze(1)
         self.secret = secret_generator()  # Poisson masks and noise; ``generator`` (seeded) never touches them

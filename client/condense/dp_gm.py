@@ -34,6 +34,9 @@ from shared.privacy import PrivacyPlan, clip_rows, plan_privacy, poisson_mask, s
 class DPGradientMatching(GradientMatching):
     name = "dp-gm"
 
+    def planned_releases(self, cfg: CondenseConfig) -> int:
+        return cfg.iterations * self.schedule(cfg)[0]  # what GradientMatching.synthesize passes to begin
+
     def begin(self, local: LocalData, cfg: CondenseConfig, releases: int) -> None:
         self.plan: PrivacyPlan = plan_privacy(cfg, len(local.labels), local.num_groups, releases=releases)
         self.expected_batch = [max(1.0, local.counts[c] * self.plan.sample_rate) for c in local.classes]
