@@ -58,7 +58,7 @@ class DistillConfig:
     kd_loss: str = "kl"
     temperature: float = 20.0  # Fast-Datafree's T
     kd_batch_size: int = 256
-    kd_steps: int = 100  # KD steps per epoch, after each synthesised batch (Fast-Datafree: 400; measured, docs/engine.md)
+    kd_steps: int = 100  # KD steps after each synthesised batch (Fast-Datafree: 400; measured: docs/engine.md)
     kd_augment: str = "crop_flip"  # augment KD batches, teacher re-labels each view (none: reuse cached logits)
     condensed_share: float = 0.0  # share of every KD batch drawn from the condensed samples (0 = uniform union)
     student_optimizer: str = "sgd"  # momentum 0.9, Nesterov
