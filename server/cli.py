@@ -67,7 +67,7 @@ def _config(args: argparse.Namespace) -> Any:
 
 
 def run_distill(args: argparse.Namespace) -> int:
-    from server.distill import CondensedSet, Distiller, load_condensed
+    from server.distillation import CondensedSet, Distiller, load_condensed
     from shared.checkpoint import load_checkpoint
     from shared.data import load_dataset
     from shared.device import select_device

@@ -42,7 +42,7 @@ def simulate(cfg: CondexConfig, out_dir: Path, command: str = "python -m simulat
     from flwr.simulation import run_simulation
 
     from client.app import build_app as build_client
-    from server.app import build_app as build_server
+    from server.flower.app import build_app as build_server
 
     overrides = {k: v for k, v in to_flat(cfg).items() if v is not None and not isinstance(v, list)}
     overrides["output-dir"] = str(out_dir)

@@ -12,7 +12,7 @@ os.environ.setdefault("CONDEX_QUIET", "1")
 import torch
 from torch import nn
 
-from server.distill import CondensedSet
+from server.distillation import CondensedSet
 from shared.checkpoint import ModelCard, card_for_dataset
 from shared.data import LabeledImages, load_dataset
 from shared.device import torch_threads

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from server.distill import Distiller
+from server.distillation import Distiller
 from server.inversion import FeatureAlignment, Generator, InversionContext, build_method, inversion_methods
 from server.inversion.cmi import (
     ContrastiveModelInversion,

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from server.distill import CondensedSet, Distiller, load_condensed
-from server.kd_losses import get_kd_loss, kd_losses
-from server.pool import SamplePool, samplers
+from server.distillation import CondensedSet, Distiller, load_condensed
+from server.distillation.kd_losses import get_kd_loss, kd_losses
+from server.distillation.pool import SamplePool, samplers
 from shared.checkpoint import load_checkpoint, save_checkpoint
 from shared.config.distill import DistillConfig
 from shared.errors import ConfigError, PayloadError, UnknownNameError

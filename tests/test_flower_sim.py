@@ -23,8 +23,8 @@ from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
 from client import app as client_app
-from server import app as server_app
-from server.report import ACCEPTED, FAILED, REJECTED, TIMEOUT
+from server.flower import app as server_app
+from server.flower.report import ACCEPTED, FAILED, REJECTED, TIMEOUT
 from shared import wire
 from shared.checkpoint import card_for_dataset, save_checkpoint
 from shared.data import LabeledImages

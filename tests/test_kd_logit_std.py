@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from server.distill import Distiller
-from server.kd_logit_std import kl_logit_std, standardize_logits
-from server.kd_losses import get_kd_loss, kl_divergence
+from server.distillation import Distiller
+from server.distillation.kd_logit_std import kl_logit_std, standardize_logits
+from server.distillation.kd_losses import get_kd_loss, kl_divergence
 from shared.config.distill import DistillConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")

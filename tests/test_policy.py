@@ -26,8 +26,8 @@ import shared.privacy.ledger as ledger_module
 from client import app as client_app
 from client.policy import PolicyGuard, planned_mechanism, site_policy
 from client.task import NEUTRAL_MEAN, LocalData, load_local_data
-from server import app as server_app
-from server.report import REFUSED
+from server.flower import app as server_app
+from server.flower.report import REFUSED
 from shared import wire
 from shared.checkpoint import card_for_dataset, save_checkpoint
 from shared.config.policy import DEPLOYED, SIMULATED, PolicyRefusal, default_policy, parse_policy

@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from server.distill import CondensedSet, Distiller
-from server.pool import replays
-from server.replay_generative import GenerativeReplay, ReplayVAE, build_generative_replay
+from server.distillation import CondensedSet, Distiller
+from server.distillation.pool import replays
+from server.distillation.replay_generative import GenerativeReplay, ReplayVAE, build_generative_replay
 from shared.config.distill import DistillConfig
 from shared.errors import ConfigError
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from server.distill import CondensedSet, Distiller
-from server.pool import SamplePool, samplers
-from server.sampling_ssd import SSDSampler, class_difficulty, class_diversity, modulating_weights
+from server.distillation import CondensedSet, Distiller
+from server.distillation.pool import SamplePool, samplers
+from server.distillation.sampling_ssd import SSDSampler, class_difficulty, class_diversity, modulating_weights
 from shared.checkpoint import card_for_dataset
 from shared.config.distill import DistillConfig
 from shared.data import load_dataset

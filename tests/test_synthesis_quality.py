@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
+from server.distillation.pool import SamplePool
 from server.inversion import Generator, InversionContext, build_method
 from server.inversion.losses import BNStatistics
 from server.inversion.quality import label_statistics, manifold_metrics
-from server.pool import SamplePool
 from shared.config.distill import DistillConfig
 from shared.models import build_model
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from server.distill import CondensedSet, Distiller, DistillResult, load_condensed
+from server.distillation import CondensedSet, Distiller, DistillResult, load_condensed
 from server.run import peak_memory_mb
 from shared.checkpoint import ModelCard, load_checkpoint
 from shared.config import CondexConfig, apply_overrides, load_config

@@ -1,6 +1,6 @@
 """Flower federation settings: how long the server waits for data sites, what it accepts, what it evaluates.
 
-Used by the ServerApp (``server/app.py``); every field is a ``federation.<kebab-key>`` entry of
+Used by the ServerApp (``server/flower/app.py``); every field is a ``federation.<kebab-key>`` entry of
 ``[tool.flwr.app.config]`` so ``flwr run . --run-config "federation.min-nodes=3"`` overrides it."""
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from server.kd_losses import kd_losses
+from server.distillation.kd_losses import kd_losses
 
 # Guards the division for a sample whose logits are all equal (std 0): its z-scores become 0, i.e. uniform.
 STD_EPS = 1e-6

@@ -34,8 +34,8 @@ from typing import Any
 
 import torch
 
-from server.kd_logit_std import standardize_logits
-from server.pool import SamplePool, Sampler, samplers
+from server.distillation.kd_logit_std import standardize_logits
+from server.distillation.pool import SamplePool, Sampler, samplers
 from shared.config.distill import DistillConfig
 
 PRIORITY_EPS = 1e-3  # a sample the student already matches keeps a small chance of being drawn

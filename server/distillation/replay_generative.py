@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from server.pool import PoolBatch, replays
+from server.distillation.pool import PoolBatch, replays
 from shared.config.distill import DistillConfig
 from shared.errors import ConfigError
 
@@ -78,7 +78,7 @@ class ReplayVAE(nn.Module):
 
 
 class GenerativeReplay:
-    """The ``Replay`` of ``server.pool`` for ``replay=generative`` (see the module docstring)."""
+    """The ``Replay`` of ``server.distillation.pool`` for ``replay=generative`` (see the module docstring)."""
 
     def __init__(self, cfg: DistillConfig, condensed: Condensed | None, teacher: nn.Module | None = None) -> None:
         if cfg.sampler != "uniform":

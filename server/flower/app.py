@@ -8,9 +8,9 @@
    malformed payload, or refused the request under its privacy policy, is logged with its id and reason
    and listed in the report; the run goes on;
 4. go on only if at least ``federation.min_payload_fraction`` of the queried nodes sent a valid payload;
-5. run the engine (guided model inversion + KD, ``server.distill``) and export the student (``server.export``);
+5. run the engine (guided model inversion + KD, ``server.distillation``) and export the student (``server.export``);
 6. send the student to the nodes that answered for federated evaluation (``evaluate``);
-7. write ``report.json`` + ``report.md`` (``server.report``) into the run directory and print the table.
+7. write ``report.json`` + ``report.md`` (``server.flower.report``) into the run directory and print the table.
 
 Configuration is the composed defaults (``configs/``) overridden by the run config (``[tool.flwr.app.config]``
 and ``flwr run . --run-config "condense.ipc=5"``)."""
@@ -33,7 +33,7 @@ from flwr.app import Context, Message
 from flwr.serverapp import Grid, ServerApp
 from torch import nn
 
-from server.report import ACCEPTED, FAILED, REFUSED, REJECTED, TIMEOUT, NodeOutcome, RunReport
+from server.flower.report import ACCEPTED, FAILED, REFUSED, REJECTED, TIMEOUT, NodeOutcome, RunReport
 from shared import wire
 from shared.checkpoint import ModelCard, load_checkpoint
 from shared.config import CondexConfig, apply_overrides, load_config, to_flat
@@ -292,8 +292,8 @@ class EngineResult:
 def run_engine(teacher: nn.Module, teacher_card: ModelCard, teacher_path: Path,
                payloads: Mapping[int, CondensedPayload], cfg: CondexConfig, out_dir: Path,
                test_set: Any) -> EngineResult:
-    """Guided model inversion + KD on the accepted payloads (``server.distill``), then the export."""
-    from server.distill import Distiller, condensed_from_payloads
+    """Guided model inversion + KD on the accepted payloads (``server.distillation``), then the export."""
+    from server.distillation import Distiller, condensed_from_payloads
     from shared.device import select_device
 
     condensed = condensed_from_payloads({f"node:{n}": p for n, p in payloads.items()}, teacher_card)

@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from server import kd_logit_std, replay_generative, sampling_ssd  # noqa: F401  (register issue-6 options)
+from server.distillation import kd_logit_std, replay_generative, sampling_ssd  # noqa: F401  (register options)
+from server.distillation.kd_losses import get_kd_loss
+from server.distillation.pool import Replay, replays
 from server.inversion import FeatureAlignment, Generator, InversionContext, InversionMethod, build_method
 from server.inversion.base import SyntheticBatch
 from server.inversion.generator import to_pixels
 from server.inversion.quality import label_statistics, manifold_metrics
-from server.kd_losses import get_kd_loss
-from server.pool import Replay, replays
 from server.run import (
     ComputeProfiler,
     PhaseTimer,

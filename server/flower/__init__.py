@@ -1,0 +1,1 @@
+"""The Flower side of the server: the ServerApp (``app``) and its run report (``report``), apart from the engine."""
