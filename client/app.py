@@ -1,7 +1,8 @@
 """The data site's Flower ClientApp (Message API).
 
 * ``query.condense``: check the request against the site's privacy policy (``client.policy``), load this
-  node's data (``client.task``), condense its training part with the requested method / IPC / privacy
+  node's data (``client.task``; a site's folders are labelled by the teacher's class names in the query),
+  condense its training part with the requested method / IPC / privacy
   budget (``client.condense``), charge the run to the site's privacy ledger and reply with the payload
   (``shared.wire``: ArrayRecord + ConfigRecord metadata + MetricRecord with epsilon and time; the local
   train/test counts only for non-DP payloads).
@@ -97,7 +98,7 @@ def handle_condense(msg: Message, context: Context, overrides: Mapping[str, Any]
         log.info("%s", guard.policy.describe())
         guard.check_request(cfg.condense)
         data = load_local_data(context.node_config, cfg.data, wire.expected_classes(msg.content),
-                               wire.expected_stats(msg.content))
+                               wire.expected_stats(msg.content), wire.expected_class_names(msg.content))
         return Message(condense_content(data, cfg, guard), reply_to=msg)
     except Exception as exc:  # every failure becomes an error reply, never a dead node
         return error_reply(msg, exc)
@@ -163,7 +164,7 @@ def handle_evaluate(msg: Message, context: Context, overrides: Mapping[str, Any]
         site.check_evaluate()
         model, card = wire.student_from_content(msg.content)
         stats = (tuple(card.mean), tuple(card.std))
-        data = load_local_data(context.node_config, cfg.data, card.num_classes, stats)
+        data = load_local_data(context.node_config, cfg.data, card.num_classes, stats, card.class_names)
         if len(data.test) == 0:
             raise DataError(f"{data.source}: no held-out images; set data.test_fraction > 0 or add a test split")
         acc = accuracy_of(model, data.test, stats=stats)

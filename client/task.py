@@ -22,7 +22,7 @@ dataset's constants."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -32,6 +32,7 @@ import numpy as np
 
 from shared.config import DataConfig
 from shared.data import LabeledImages, few_shot_indices, load_dataset, partition_indices, train_test_split_indices
+from shared.data.sources import load_folder
 from shared.errors import CondexError, DataError
 
 PARTITION_ID = "partition-id"
@@ -61,13 +62,14 @@ def is_deployed(node_config: Mapping[str, Any]) -> bool:
 
 
 def load_local_data(node_config: Mapping[str, Any], data_cfg: DataConfig, num_classes: int | None = None,
-                    stats: Stats | None = None) -> LocalData:
+                    stats: Stats | None = None, class_names: Sequence[str] = ()) -> LocalData:
     """Dispatch on the node config: a deployment data folder wins over simulation partition ids.
     ``num_classes``: the server's class count; a site folder that lacks the top classes is widened to it.
-    ``stats``: the server's (mean, std), which a deployed site normalises with (module docstring)."""
+    ``stats``: the server's (mean, std), which a deployed site normalises with (module docstring).
+    ``class_names``: the teacher's, which a ``folder`` site's ImageFolder names are mapped to."""
     if DATA_DIR in node_config:
         return load_site_data(Path(str(node_config[DATA_DIR])).expanduser(), str(node_config.get(DATASET, "folder")),
-                              data_cfg, num_classes, stats)
+                              data_cfg, num_classes, stats, class_names)
     if PARTITION_ID in node_config and NUM_PARTITIONS in node_config:
         return load_partition(_as_int(node_config, PARTITION_ID), _as_int(node_config, NUM_PARTITIONS), data_cfg)
     raise DataError(
@@ -106,24 +108,32 @@ def _few_shot(full: LabeledImages, train_idx: np.ndarray, data_cfg: DataConfig, 
 
 
 def load_site_data(data_dir: Path, dataset: str, data_cfg: DataConfig, num_classes: int | None = None,
-                   stats: Stats | None = None) -> LocalData:
+                   stats: Stats | None = None, class_names: Sequence[str] = ()) -> LocalData:
     """A data site's own files; its ``test`` split if present, else a held-out share of ``train``. Normalised
-    with ``stats`` (the server's), never with statistics of the files (module docstring)."""
+    with ``stats`` (the server's), never with statistics of the files (module docstring); ImageFolder names
+    labelled by ``class_names`` (the teacher's) when the server sent them."""
     if not data_dir.is_dir():
         raise DataError(f"node config {DATA_DIR}={str(data_dir)!r} is not a directory; point it at the site's data "
                         "folder (train.npz or train/<class>/<image>)")
-    train = _widen(load_dataset(dataset, "train", root=data_dir, download=False), num_classes)
+    train = _widen(_load_split(dataset, "train", data_dir, class_names), num_classes)
     train = with_public_stats(train, stats)
     if len(train) == 0:
         raise DataError(f"{DATA_DIR}={str(data_dir)!r} holds no training images")
     try:
-        test = load_dataset(dataset, "test", root=data_dir, download=False)
+        test = _load_split(dataset, "test", data_dir, class_names)
         # Own test split; the folder loader computes normalisation per split, keep the train one.
         test = LabeledImages(test.images, test.labels, train.info)
     except CondexError:
         train_idx, test_idx = train_test_split_indices(np.arange(len(train)), data_cfg.test_fraction, data_cfg.seed)
         train, test = train.subset(train_idx), train.subset(test_idx)
     return LocalData(train, test, f"{dataset} at {data_dir}")
+
+
+def _load_split(dataset: str, split: str, data_dir: Path, class_names: Sequence[str]) -> LabeledImages:
+    """A ``folder`` split labelled by the teacher's class names when known; other datasets as registered."""
+    if dataset == "folder":
+        return load_folder(data_dir, split, class_names)
+    return load_dataset(dataset, split, root=data_dir, download=False)
 
 
 def with_public_stats(data: LabeledImages, stats: Stats | None) -> LabeledImages:

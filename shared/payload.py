@@ -78,6 +78,8 @@ class PayloadMeta:
     sample_rate: float | None = None
     dp_steps: int | None = None  # noisy releases the accountant composed
     clip: float | None = None
+    # the teacher's class names the labels index (a folder site labels by name); None: not recorded
+    class_names: list[str] | None = None
     format_version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -349,7 +351,7 @@ def _typed(key: str, value: Any, f: dataclasses.Field) -> Any:
     if kind.startswith("list"):
         if not isinstance(value, list | tuple):
             raise PayloadError(f"meta.{key} must be a list, got {type(value).__name__}")
-        item = int if "int" in kind else float
+        item = str if "str" in kind else int if "int" in kind else float
         return [_scalar(key, v, item) for v in value]
     base = int if kind.startswith("int") else float if kind.startswith("float") else str
     return _scalar(key, value, base)

@@ -15,8 +15,8 @@ An **evaluate** request carries the student as ``"student"`` (ArrayRecord of its
 ``"student-card"`` (ConfigRecord with the model card JSON), so the node can rebuild the architecture.
 A **condense** request carries ``"config"`` (ConfigRecord of ``section.kebab-key`` run-config entries
 the server wants the node to use on top of the run config) and ``"expect"`` (ConfigRecord: ``num-classes``
-of the teacher and its normalisation ``mean`` / ``std``, which sites holding their own images use instead
-of statistics computed from them).
+of the teacher, its normalisation ``mean`` / ``std``, which sites holding their own images use instead
+of statistics computed from them, and its ``class-names``, which sites map their folder names to).
 
 Decoding never trusts the sender: sizes are checked before arrays are materialised and every problem
 raises ``PayloadError`` naming the record or field."""
@@ -129,12 +129,16 @@ def student_from_content(content: RecordDict) -> tuple[nn.Module, ModelCard]:
 
 # ---- requests ------------------------------------------------------------------------------------------
 def request_to_content(values: Mapping[str, bool | int | float | str], num_classes: int | None = None,
-                       mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> RecordDict:
+                       mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                       class_names: Sequence[str] = ()) -> RecordDict:
     """A condense request: run-config style overrides (``condense.ipc`` ...) the node applies, the number of
     classes the server's teacher knows (a site folder may hold only some of them) and the teacher's
-    normalisation (``mean``/``std`` per channel), which a site normalises its own images with."""
+    normalisation (``mean``/``std`` per channel), which a site normalises its own images with, and its
+    ``class-names``, which a site maps its folder names to (so labels are the teacher's class ids)."""
     content = RecordDict({REQUEST_CONFIG: ConfigRecord(dict(values))})
-    expect: dict[str, int | list[float]] = {}
+    expect: dict[str, int | list[float] | list[str]] = {}
+    if class_names:
+        expect["class-names"] = [str(n) for n in class_names]
     if num_classes is not None:
         expect["num-classes"] = int(num_classes)
     if mean is not None and std is not None:
@@ -148,6 +152,17 @@ def expected_classes(content: RecordDict) -> int | None:
     record = content.config_records.get(REQUEST_EXPECT)
     value = record.get("num-classes") if record else None
     return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def expected_class_names(content: RecordDict) -> tuple[str, ...]:
+    """The teacher's class names from the query (empty if the server sent none); ``PayloadError`` if malformed."""
+    record = content.config_records.get(REQUEST_EXPECT)
+    names = record.get("class-names") if record else None
+    if names is None:
+        return ()
+    if not (isinstance(names, list) and all(isinstance(n, str) and n for n in names)):
+        raise PayloadError(f"{REQUEST_EXPECT}: class-names={names!r} must be a list of non-empty strings")
+    return tuple(names)
 
 
 def expected_stats(content: RecordDict) -> tuple[tuple[float, ...], tuple[float, ...]] | None:

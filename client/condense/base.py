@@ -262,6 +262,6 @@ def make_payload(method: str, local: LocalData, cfg: CondenseConfig, result: Syn
         accountant=privacy.accountant if privacy else None,
         noise_multiplier=privacy.noise_multiplier if privacy else None,
         sample_rate=privacy.sample_rate if privacy else None, dp_steps=privacy.steps if privacy else None,
-        clip=privacy.clip if privacy else None,
+        clip=privacy.clip if privacy else None, class_names=list(info.class_names) or None,
     )
     return CondensedPayload(pixels, result.labels.detach().cpu().long(), meta, extra={"losses": result.losses})

@@ -14,11 +14,19 @@ before the data is read, again on the planned run and on the payload before it i
 site's own images) gets a deployed site's policy (DP only, epsilon <= 10 and delta <= 1e-5 per run) and a
 registered (public) dataset a simulated site's (everything allowed). A ``folder`` dataset is normalised with
 ``--mean/--std`` (the teacher's), else with 0.5 / 0.5, never with statistics of its images.
+
+``--teacher DIR`` reads the teacher's card (``DIR/card.json``, nothing else): its normalisation, and its class
+names, which an ImageFolder site's folder names are mapped to (``Dress/`` is class 3 of Fashion-MNIST, ``7/``
+class 7), so the payload's labels are the teacher's class ids whichever classes the site holds::
+
+    condex condense --dataset folder --data-root site-a --teacher assets/teachers/fashion_mnist \
+        --method dp-dm --epsilon 8 --output site-a.safetensors
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +37,7 @@ from client.task import with_public_stats
 from shared.config import CondexConfig, apply_overrides, load_config
 from shared.config.policy import DEPLOYED, KEYS, SIMULATED, SitePolicy, parse_policy
 from shared.data import LabeledImages, few_shot_indices, load_dataset, partition_indices
+from shared.data.sources import load_folder
 from shared.errors import ConfigError
 from shared.payload import CondensedPayload, PayloadSpec, validate_payload
 from shared.viz import save_class_grid
@@ -78,6 +87,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     method.add_argument("--mean", help="folder datasets: normalisation mean per channel, comma-separated (the "
                         "teacher's; default 0.5); never computed from the images")
     method.add_argument("--std", help="folder datasets: normalisation std per channel (the teacher's; default 0.5)")
+    method.add_argument("--teacher", metavar="DIR", help="folder datasets: the teacher checkpoint whose card gives "
+                        "the class names folders are mapped to and the normalisation (instead of --mean/--std)")
     policy = parser.add_argument_group(
         "site privacy policy", "bounds this site applies whatever the other flags ask (\"none\" = no bound); "
         "defaults: a deployed site's for --dataset folder, a simulated site's otherwise")
@@ -110,7 +121,20 @@ def build_policy(args: argparse.Namespace, cfg: CondexConfig) -> SitePolicy:
     return parse_policy(values, DEPLOYED if cfg.data.dataset == "folder" else SIMULATED, spell="condex condense")
 
 
-def cli_stats(args: argparse.Namespace) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+def teacher_card(args: argparse.Namespace) -> Any:
+    """The ``--teacher`` checkpoint's model card (class names, normalisation), or None."""
+    if args.teacher is None:
+        return None
+    from shared.checkpoint import CARD_FILE, ModelCard
+
+    if args.mean is not None or args.std is not None:
+        raise ConfigError("--teacher gives the normalisation already; leave out --mean/--std")
+    return ModelCard.read(Path(args.teacher).expanduser() / CARD_FILE)
+
+
+def cli_stats(args: argparse.Namespace, card: Any = None) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    if card is not None:
+        return tuple(card.mean), tuple(card.std)
     if (args.mean is None) != (args.std is None):
         raise ConfigError("--mean and --std go together (the teacher's normalisation, one value per channel)")
     if args.mean is None:
@@ -138,10 +162,15 @@ def build_config(args: argparse.Namespace) -> CondexConfig:
     return apply_overrides(cfg, overrides).validate()
 
 
-def site_data(cfg: CondexConfig, partition: str, partition_id: int) -> LabeledImages:
-    """The training split, or one partition of it, optionally reduced to ``data.few_shot`` per class."""
+def site_data(cfg: CondexConfig, partition: str, partition_id: int,
+              class_names: Sequence[str] = ()) -> LabeledImages:
+    """The training split, or one partition of it, optionally reduced to ``data.few_shot`` per class; a
+    ``folder`` dataset labelled by ``class_names`` (the teacher's) when given."""
     d = cfg.data
-    train = load_dataset(d.dataset, "train", root=d.data_root or None, download=d.download)
+    if d.dataset == "folder":
+        train = load_folder(Path(d.data_root).expanduser() if d.data_root else None, "train", class_names)
+    else:
+        train = load_dataset(d.dataset, "train", root=d.data_root or None, download=d.download)
     if partition != "none":
         if not 0 <= partition_id < d.num_partitions:
             raise ConfigError(f"--partition-id={partition_id} must be in 0..{d.num_partitions - 1}")
@@ -158,9 +187,12 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = build_config(args)
     guard = PolicyGuard(build_policy(args, cfg))
-    stats = cli_stats(args)
+    card = teacher_card(args)
+    stats = cli_stats(args, card)
     guard.check_request(cfg.condense)
-    data = site_data(cfg, args.partition, args.partition_id)
+    data = site_data(cfg, args.partition, args.partition_id, card.class_names if card is not None else ())
+    if card is not None:
+        check_fits_teacher(data, card)
     if stats is not None or data.info.name == "folder":
         data = with_public_stats(data, stats)
     guard.check_plan(data, cfg.condense)
@@ -179,6 +211,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"ledger {guard.ledger.path}: lifetime epsilon {charge.after:.4g} at delta "
               f"{guard.policy.lifetime_delta:g} after {charge.runs + 1} run(s)")
     return 0
+
+
+def check_fits_teacher(data: LabeledImages, card: Any) -> None:
+    """Refuse before condensing when the site's images cannot serve the teacher (channels, size, classes)."""
+    info = data.info
+    if (info.channels, *info.image_size) != (card.in_channels, card.image_size, card.image_size) or \
+            info.num_classes > card.num_classes:
+        raise ConfigError(f"--teacher {card.arch} expects {card.in_channels}x{card.image_size}x{card.image_size} "
+                          f"images and {card.num_classes} classes, the site's data has {info.channels}x"
+                          f"{info.image_size[0]}x{info.image_size[1]} and {info.num_classes}; resize or convert "
+                          "the images first")
 
 
 def summary(payload: CondensedPayload, path: Path, png: Path) -> str:

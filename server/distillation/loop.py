@@ -109,10 +109,20 @@ def load_condensed(path: str | Path, card: ModelCard) -> CondensedSet:
         raise PayloadError(f"--condensed {path}: no *.safetensors payload files in this folder")
     payloads = {str(file): CondensedPayload.load(file) for file in files}
     for file, payload in payloads.items():
-        if payload.meta.dataset != card.dataset:
-            raise PayloadError(f"{file}: meta.dataset={payload.meta.dataset!r} but the teacher was trained on "
-                               f"{card.dataset!r}; use payloads condensed from {card.dataset}")
+        check_classes(file, payload.meta.class_names, card)
     return condensed_from_payloads(payloads, card)
+
+
+def check_classes(source: str, names: list[str] | None, card: ModelCard) -> None:
+    """A payload fits the teacher by its classes, channels and size, not by its dataset's name (a site's own
+    ``folder`` images serve a Fashion-MNIST teacher): the class names its labels index must be the teacher's,
+    or plain ids ("0", "1", ...: numeric folders, labels by value); a payload without names has ids as labels.
+    Geometry and label range are checked by ``condensed_from_payloads``."""
+    teacher = list(card.class_names)
+    if not names or not teacher or names == teacher or names == [str(i) for i in range(len(names))]:
+        return
+    raise PayloadError(f"{source}: its labels index the classes {names} but the teacher's are {teacher}; condense "
+                       "with `condex condense --teacher TEACHER_DIR` so folder names map to the teacher's class ids")
 
 
 def condensed_from_payloads(payloads: Mapping[str, CondensedPayload], card: ModelCard) -> CondensedSet:

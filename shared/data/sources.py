@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -127,8 +129,19 @@ def _digits(split: str, root: Path | None, download: bool) -> LabeledImages:
 
 @register_dataset(FOLDER)
 def _folder(split: str, root: Path | None, download: bool) -> LabeledImages:
-    """A data site's own images: ``root/{split}.npz`` (``images`` N x H x W [x C] uint8, ``labels``)
-    or an ImageFolder tree ``root/{split}/<class>/<image>``. Normalisation is computed from the data."""
+    """A data site's own images, labelled without a teacher's class names (see ``load_folder``)."""
+    return load_folder(root, split)
+
+
+def load_folder(root: Path | None, split: str = "train", class_names: Sequence[str] = ()) -> LabeledImages:
+    """A data site's own images: ``root/{split}.npz`` (``images`` N x H x W [x C] uint8, ``labels`` in the
+    teacher's class ids) or an ImageFolder tree ``root/{split}/<class>/<image>``.
+
+    ImageFolder labels come from the folder *names*, never from their position in one site's listing (a site
+    that holds only ``3/`` and ``7/`` must still send classes 3 and 7): with ``class_names`` (the teacher's,
+    sent in the server's query) each folder maps to its class id by ``folder_class_ids``; without them,
+    all-numeric folder names are class ids by value and other names are numbered in natural order.
+    Normalisation is computed from the data; sites replace it with the teacher's (``client.task``)."""
     if root is None:
         raise DataError("dataset 'folder' needs a data root: pass --data-root (or node config data-dir)")
     npz = root / f"{split}.npz"
@@ -137,14 +150,17 @@ def _folder(split: str, root: Path | None, download: bool) -> LabeledImages:
             if "images" not in arrays or "labels" not in arrays:
                 raise DataError(f"{npz} must hold arrays 'images' and 'labels', found {sorted(arrays)}")
             images, labels = arrays["images"], arrays["labels"]
-        names: tuple[str, ...] = ()
+        names = tuple(class_names)
     elif (root / split).is_dir():
-        images, labels, names = _read_image_folder(root / split)
+        images, labels, names = _read_image_folder(root / split, class_names)
     else:
         raise DataError(f"no {npz.name} and no {split}/ ImageFolder under {root}; see README 'Deploy at data sites'")
     images = _to_nchw_uint8(images, npz)
     labels = np.asarray(labels, dtype=np.int64)
     num_classes = int(labels.max()) + 1 if labels.size else 0
+    if names and num_classes > len(names):
+        raise DataError(f"{npz}: labels reach {num_classes - 1} but the teacher has {len(names)} classes "
+                        f"(0..{len(names) - 1}); labels must be the teacher's class ids")
     pixels = images.astype(np.float32) / 255.0
     info = DatasetInfo(
         "folder", images.shape[1], (images.shape[2], images.shape[3]), max(num_classes, len(names)),
@@ -153,6 +169,57 @@ def _folder(split: str, root: Path | None, download: bool) -> LabeledImages:
         names,
     )
     return LabeledImages(torch.from_numpy(images), torch.from_numpy(labels), info)
+
+
+def _name_key(name: str) -> str:
+    """Case and punctuation folded: a folder cannot be called ``T-shirt/top``, ``T-shirt_top`` can."""
+    return re.sub(r"[^0-9a-z]+", "", name.casefold())
+
+
+def folder_class_ids(folders: Sequence[str], class_names: Sequence[str]) -> dict[str, int]:
+    """Each folder name's class id among ``class_names``: the exact name, else the one name equal ignoring case,
+    else ignoring case and punctuation, else a number naming the id itself (``3/`` is class 3). Unknown or
+    ambiguous names raise ``DataError`` listing them and the teacher's names."""
+    exact = {name: i for i, name in enumerate(class_names)}
+    ids: dict[str, int] = {}
+    unknown: list[str] = []
+    for folder in folders:
+        found = exact.get(folder)
+        for fold in (str.casefold, _name_key):
+            if found is None:
+                hits = [i for i, name in enumerate(class_names) if fold(name) == fold(folder)]
+                found = hits[0] if len(hits) == 1 else None
+        if found is None and folder.isdigit() and int(folder) < len(class_names):
+            found = int(folder)
+        if found is None:
+            unknown.append(folder)
+        else:
+            ids[folder] = found
+    if unknown:
+        raise DataError(f"folder name(s) {', '.join(repr(u) for u in unknown)} match none of the teacher's classes "
+                        f"({', '.join(repr(n) for n in class_names)}); rename each folder to a class name or id")
+    clashes = sorted({i for i in ids.values() if list(ids.values()).count(i) > 1})
+    if clashes:
+        same = [f for f, i in ids.items() if i in clashes]
+        raise DataError(f"folders {', '.join(repr(f) for f in same)} name the same teacher class; merge them")
+    return ids
+
+
+def _natural_key(path: Path) -> list[str | int]:
+    """``2.png`` before ``10.png``: digit runs compare by value (split keeps str/int positions aligned)."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
+
+
+def default_class_ids(folders: Sequence[str]) -> tuple[dict[str, int], tuple[str, ...]]:
+    """Without the teacher's names: numeric folders are ids by value (``10`` after ``2``); other names are
+    numbered in natural order (numbers by value, then names ignoring case)."""
+    if folders and all(f.isdigit() for f in folders):
+        ids = {f: int(f) for f in folders}
+        if len(set(ids.values())) != len(ids):
+            raise DataError(f"folders {sorted(folders)} name the same class id twice (e.g. '3' and '03')")
+        return ids, tuple(str(i) for i in range(max(ids.values()) + 1))
+    ordered = sorted(folders, key=lambda f: (0, int(f), f) if f.isdigit() else (1, 0, f.casefold()))
+    return {f: i for i, f in enumerate(ordered)}, tuple(ordered)
 
 
 def _to_nchw_uint8(images: np.ndarray, source: Path) -> np.ndarray:
@@ -167,22 +234,27 @@ def _to_nchw_uint8(images: np.ndarray, source: Path) -> np.ndarray:
     raise DataError(f"{source}: 'images' must be N x H x W, N x H x W x C or N x C x H x W, got {images.shape}")
 
 
-def _read_image_folder(folder: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+def _read_image_folder(folder: Path, class_names: Sequence[str] = ()
+                       ) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     from PIL import Image
 
-    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    folders = [p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    if class_names:
+        ids, names = folder_class_ids(folders, class_names), tuple(class_names)
+    else:
+        ids, names = default_class_ids(folders)
     images, labels = [], []
-    for label, name in enumerate(classes):
-        for file in sorted((folder / name).iterdir()):
+    for name in sorted(folders, key=ids.__getitem__):
+        for file in sorted((folder / name).iterdir(), key=_natural_key):
             with Image.open(file) as img:
                 images.append(np.asarray(img.convert("RGB" if img.mode not in ("L",) else "L")))
-            labels.append(label)
+            labels.append(ids[name])
     if not images:
         raise DataError(f"ImageFolder {folder} holds no images")
     shapes = {im.shape for im in images}
     if len(shapes) != 1:
         raise DataError(f"ImageFolder {folder} mixes image sizes {sorted(shapes)}; resize them to one size first")
-    return np.stack(images), np.asarray(labels), tuple(classes)
+    return np.stack(images), np.asarray(labels), names
 
 
 def place_fashion_mnist_for_torchvision(root: Path) -> Path:
