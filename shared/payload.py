@@ -172,6 +172,8 @@ class CondensedPayload:
             raise PayloadError(f"images: wire dtype is {images.dtype} but meta.wire_dtype says {meta.wire_dtype}")
         if labels.dtype != np.int64:
             raise PayloadError(f"labels: wire dtype must be int64, got {labels.dtype}")
+        if images.ndim != 4 or labels.ndim != 1:  # a 0-d array has no length: refuse it before len() is asked
+            raise PayloadError(f"images/labels: shapes {images.shape} / {labels.shape} must be N x C x H x W / N")
         decoded = images.astype(np.float32) / 255.0 if expected is np.uint8 else images.astype(np.float32)
         return cls(torch.from_numpy(decoded), torch.from_numpy(labels.copy()), meta)
 
@@ -193,14 +195,18 @@ class CondensedPayload:
             with safe_open(str(path), framework="np") as handle:
                 header = handle.metadata() or {}
                 arrays = {key: handle.get_tensor(key) for key in handle.keys()}
+        except TypeError as exc:  # numpy has no such dtype (bf16, fp8): not something a condex site writes
+            raise PayloadError(f"payload file {path}: a tensor has a dtype numpy cannot read ({exc}); images must be "
+                               f"{' or '.join(WIRE_DTYPES)} and labels int64") from None
         except (SafetensorError, OSError, ValueError) as exc:
             raise PayloadError(f"payload file {path} is not a readable safetensors file: {exc}") from exc
         if META_KEY not in header:
             raise PayloadError(f"payload file {path} has no '{META_KEY}' metadata; was it written by condex?")
         try:
             meta = json.loads(header[META_KEY])
-        except json.JSONDecodeError as exc:
-            raise PayloadError(f"payload file {path}: metadata is not valid JSON ({exc})") from exc
+        except ValueError as exc:  # JSONDecodeError, and ints longer than Python's 4300-digit limit
+            raise PayloadError(f"payload file {path}: metadata {META_KEY} is not valid JSON ({exc}); re-export "
+                               "the payload with condex") from None
         return cls.from_arrays(arrays, meta)
 
 

@@ -79,16 +79,50 @@ def payload_from_content(content: RecordDict, max_bytes: int | None = None) -> C
     unknown = sorted(set(record) - set(PAYLOAD_ARRAYS))
     if unknown:
         raise PayloadError(f"{PAYLOAD}: unexpected array(s) {', '.join(unknown)}; expected images and labels")
-    arrays = {name: _to_numpy(record, name) for name in PAYLOAD_ARRAYS if name in record}
+    arrays = {name: _to_numpy(record, name, max_bytes) for name in PAYLOAD_ARRAYS if name in record}
     meta = PayloadMeta.from_dict(_plain_config(content.config_records[PAYLOAD_META]))
     return CondensedPayload.from_arrays(arrays, meta)
 
 
-def _to_numpy(record: ArrayRecord, name: str) -> np.ndarray:
+def _to_numpy(record: ArrayRecord, name: str, max_bytes: int | None = None) -> np.ndarray:
+    array = record[name]
+    if not isinstance(array.data, bytes) or array.stype != "numpy.ndarray":
+        raise PayloadError(f"{PAYLOAD}.{name}: serialisation {array.stype!r} is not numpy.ndarray")
+    check_npy_header(array.data, f"{PAYLOAD}.{name}", max_bytes)
     try:
-        return record[name].numpy()
-    except (TypeError, ValueError, OSError) as exc:  # non-numpy stype, pickled objects, corrupt bytes
+        return array.numpy()
+    except (TypeError, ValueError, OSError, EOFError) as exc:  # non-numpy stype, pickled objects, corrupt bytes
         raise PayloadError(f"{PAYLOAD}.{name}: cannot be decoded as a numpy array ({exc})") from None
+
+
+def check_npy_header(data: bytes, field: str, max_bytes: int | None = None) -> tuple[int, ...]:
+    """Read only the ``.npy`` header of ``data`` and check, before anything is allocated, that the array it
+    declares is plain (no objects), fits ``max_bytes`` and is exactly as long as the bytes that follow: a
+    100-byte header claiming 10^15 elements is refused here instead of inside ``np.load``."""
+    import io
+
+    from numpy.lib import format as npy
+
+    handle = io.BytesIO(data)
+    try:
+        version = npy.read_magic(handle)
+        read = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}.get(version)
+        if read is None:
+            raise ValueError(f"npy format version {version} is not accepted (np.save writes 1.0)")
+        shape, _, dtype = read(handle)
+    except (ValueError, EOFError, TypeError, SyntaxError) as exc:
+        raise PayloadError(f"{field}: not a readable .npy array ({exc}); the site must send np.save bytes") from None
+    if dtype.hasobject or dtype.itemsize == 0:
+        raise PayloadError(f"{field}: dtype {dtype} is not a plain numeric dtype")
+    declared = math.prod(shape) * dtype.itemsize  # Python ints: no overflow, no allocation
+    if max_bytes is not None and declared > max_bytes:
+        raise PayloadError(f"{field}: header declares shape {shape} ({declared} bytes), above "
+                           f"federation.max_payload_bytes={max_bytes}")
+    present = len(data) - handle.tell()
+    if declared != present:
+        raise PayloadError(f"{field}: header declares shape {shape} of {dtype} ({declared} bytes) but {present} "
+                           "bytes follow; the array is truncated or padded")
+    return tuple(shape)
 
 
 def _plain_config(record: ConfigRecord) -> dict[str, Any]:
@@ -98,6 +132,42 @@ def _plain_config(record: ConfigRecord) -> dict[str, Any]:
 def node_metrics(content: RecordDict) -> dict[str, float]:
     record = content.metric_records.get(NODE_METRICS)
     return {k: v for k, v in record.items() if isinstance(v, int | float)} if record else {}
+
+
+# Metrics the server reads from a reply: name -> (must be an integer, lowest, highest); anything else a node
+# sends is ignored. A known metric that is NaN, infinite, a list or out of range rejects the node's reply.
+NODE_METRIC_RANGES: dict[str, tuple[bool, float, float]] = {
+    "condense-seconds": (False, 0.0, math.inf), "condense-finished": (False, 0.0, math.inf),
+    "num-samples": (True, 0, math.inf), "epsilon": (False, 0.0, math.inf), "delta": (False, 0.0, 1.0),
+    "local-train": (True, 0, math.inf), "local-test": (True, 0, math.inf),
+}
+EVAL_METRIC_RANGES: dict[str, tuple[bool, float, float]] = {
+    "accuracy": (False, 0.0, 1.0), "num-examples": (True, 0, math.inf),
+}
+
+
+def checked_metrics(content: RecordDict, record_name: str, ranges: Mapping[str, tuple[bool, float, float]],
+                    required: Sequence[str] = ()) -> dict[str, float]:
+    """The known metrics of ``content[record_name]``, each a finite number in its range; ``PayloadError``
+    naming the record and metric otherwise (so a hostile value never reaches a mean or an ``int()``)."""
+    record = content.metric_records.get(record_name)
+    values = dict(record.items()) if record else {}
+    missing = [name for name in required if name not in values]
+    if missing:
+        raise PayloadError(f"{record_name}: missing metric(s) {', '.join(missing)}")
+    out: dict[str, float] = {}
+    for name, (integer, low, high) in ranges.items():
+        if name not in values:
+            continue
+        value = values[name]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise PayloadError(f"{record_name}.{name}={value!r} must be a finite number")
+        if integer and not float(value).is_integer():
+            raise PayloadError(f"{record_name}.{name}={value!r} must be a whole number")
+        if not low <= value <= high:
+            raise PayloadError(f"{record_name}.{name}={value!r} must be in [{low}, {high}]")
+        out[name] = int(value) if integer else float(value)
+    return out
 
 
 def node_info(content: RecordDict) -> dict[str, str]:

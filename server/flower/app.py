@@ -123,13 +123,14 @@ def _run_stages(grid: Grid, cfg: CondexConfig, out_dir: Path, report: RunReport)
     timings = report.timings
     teacher, teacher_card, teacher_path = load_teacher(cfg)
     report.teacher = {"arch": teacher_card.arch, "checkpoint": str(teacher_path), "dataset": teacher_card.dataset}
+    check_engine_config(cfg, teacher_card)  # a typo in distill.* fails before the sites spend compute and budget
     t = time.perf_counter()
     nodes = wait_for_nodes(grid, cfg.federation.min_nodes, cfg.federation.node_wait_timeout_s, cfg.federation.max_nodes)
     report.nodes_connected = len(list(grid.get_node_ids()))
     timings["wait_nodes"] = round(time.perf_counter() - t, 2)
     t = time.perf_counter()
-    collected = collect_payloads(grid, nodes, cfg, payload_spec(teacher_card, cfg), teacher_card.class_names)
-    report.node_outcomes = collected.outcomes
+    collected = Collected(outcomes=report.node_outcomes)  # the report sees each outcome as soon as it is judged
+    collect_payloads(grid, nodes, cfg, payload_spec(teacher_card, cfg), teacher_card.class_names, into=collected)
     timings["condense_round"] = round(time.perf_counter() - t, 2)
     check_quorum(collected, len(nodes), cfg.federation.min_payload_fraction)
     test_set = server_test_set(cfg, teacher_card)
@@ -177,6 +178,31 @@ def load_teacher(cfg: CondexConfig) -> tuple[nn.Module, ModelCard, Path]:
     return model, card, path
 
 
+def check_engine_config(cfg: CondexConfig, card: ModelCard) -> None:
+    """Look up every pluggable name of ``distill`` (base, student, KD loss, sampler, replay) and build the
+    student for the teacher's geometry, so a misspelt or unusable engine setting fails the run before the
+    condense round instead of after every site has condensed. Values were range-checked by ``validate``."""
+    from server.distillation.kd_losses import kd_losses
+    from server.distillation.pool import replays, samplers
+    from server.inversion.base import inversion_methods
+    from shared.models import build_model, model_names
+
+    d = cfg.distill
+    names = {"distill.student": (d.student, model_names()), "distill.kd_loss": (d.kd_loss, kd_losses.names()),
+             "distill.sampler": (d.sampler, samplers.names()), "distill.replay": (d.replay, replays.names())}
+    if d.synthesizes:
+        names["distill.base"] = (d.base, inversion_methods.names())
+    for key, (value, known) in names.items():
+        if value not in known:
+            raise ConfigError(f"{key}={value!r} is unknown; choose one of {', '.join(known)} "
+                              f"(e.g. --run-config \"{key.replace('_', '-')}='{known[0]}'\")")
+    try:
+        build_model(d.student, num_classes=card.num_classes, in_channels=card.in_channels, image_size=card.image_size)
+    except (CondexError, ValueError, TypeError, RuntimeError) as exc:
+        raise ConfigError(f"distill.student={d.student!r} cannot be built for the teacher's {card.in_channels}x"
+                          f"{card.image_size}x{card.image_size} images ({exc}); choose another student") from None
+
+
 def payload_spec(card: ModelCard, cfg: CondexConfig) -> PayloadSpec:
     """The strict acceptance rule: the teacher's geometry, the requested method and IPC, the size cap and,
     for DP requests, the privacy budget."""
@@ -213,9 +239,12 @@ def condense_request(cfg: CondexConfig) -> dict[str, bool | int | float | str]:
 
 
 def collect_payloads(grid: Grid, nodes: list[int], cfg: CondexConfig, spec: PayloadSpec,
-                     class_names: Sequence[str] = ()) -> Collected:
+                     class_names: Sequence[str] = (), into: Collected | None = None) -> Collected:
     """Fan the condense query out (with the teacher's ``class_names``: sites label their folders by them),
-    gather replies within the timeout and judge each one."""
+    gather replies within the timeout and judge each one.
+
+    Outcomes go into ``into`` when given (the report's own list), so every outcome judged is kept whatever
+    happens next."""
     request = condense_request(cfg)
     messages = [Message(wire.request_to_content(request, spec.num_classes, spec.norm_mean, spec.norm_std,
                                                 class_names),
@@ -225,7 +254,7 @@ def collect_payloads(grid: Grid, nodes: list[int], cfg: CondexConfig, spec: Payl
     say(f"condense query ({cfg.condense.method}, IPC {cfg.condense.ipc}) sent to {len(nodes)} node(s); "
         f"waiting up to {cfg.federation.reply_timeout_s:.0f}s")
     replies = _by_source(grid.send_and_receive(messages, timeout=cfg.federation.reply_timeout_s))
-    collected = Collected()
+    collected = into if into is not None else Collected()
     for node in nodes:
         outcome, payload = judge_reply(node, replies.get(node), spec, cfg.federation.max_payload_bytes)
         collected.outcomes.append(outcome)
@@ -239,35 +268,50 @@ def collect_payloads(grid: Grid, nodes: list[int], cfg: CondexConfig, spec: Payl
 
 
 def _by_source(replies: Iterable[Message]) -> dict[int, Message]:
-    return {reply.metadata.src_node_id: reply for reply in replies}
+    """Replies by sender; a second reply from the same node is ignored (the first one is judged)."""
+    by_node: dict[int, Message] = {}
+    for reply in replies:
+        by_node.setdefault(reply.metadata.src_node_id, reply)
+    return by_node
 
 
 def judge_reply(node: int, reply: Message | None, spec: PayloadSpec,
                 max_bytes: int) -> tuple[NodeOutcome, CondensedPayload | None]:
-    """Classify one node's reply: timeout, node error, rejected payload (with the validator's reason) or
-    accepted payload."""
+    """Classify one node's reply: timeout, node error, rejected reply (with the validator's reason) or accepted
+    payload. Every field of the reply is decoded and checked here; nothing a node sends raises out of it."""
     if reply is None:
         return NodeOutcome(node, TIMEOUT, reason="no reply within federation.reply_timeout_s"), None
-    if reply.has_error():  # a site's policy refusal is kept apart: its reason names the policy key and value
-        status = REFUSED if reply.error.code == POLICY_REFUSAL_CODE else FAILED
-        return NodeOutcome(node, status, reason=f"node error {reply.error.code}: {reply.error.reason}"), None
-    content = reply.content
-    metrics, info = wire.node_metrics(content), wire.node_info(content)
-    outcome = NodeOutcome(
-        node, ACCEPTED, source=info.get("source", ""), condense_seconds=metrics.get("condense-seconds"),
-        condense_finished=metrics.get("condense-finished"),
-        payload_bytes=wire.content_bytes(content), local_train=_maybe_int(metrics.get("local-train")),
-        local_test=_maybe_int(metrics.get("local-test")),
-    )
+    outcome = NodeOutcome(node, ACCEPTED)
     try:
-        payload = wire.payload_from_content(content, max_bytes=max_bytes)
-        outcome.method, outcome.ipc, outcome.num_samples = payload.meta.method, payload.meta.ipc, len(payload)
-        outcome.epsilon, outcome.delta = payload.meta.epsilon, payload.meta.delta
-        validate_payload(payload, spec)
+        if reply.has_error():  # a site's policy refusal is kept apart: its reason names the policy key and value
+            code = reply.error.code
+            outcome.status = REFUSED if code == POLICY_REFUSAL_CODE else FAILED
+            outcome.reason = f"node error {code}: {str(reply.error.reason)[:2000]}"
+            return outcome, None
+        payload = _judge_content(reply.content, outcome, spec, max_bytes)
     except PayloadError as exc:
         outcome.status, outcome.reason = REJECTED, f"PayloadError: {exc}"
         return outcome, None
+    except Exception as exc:  # the error boundary: a reply nobody foresaw rejects its node only
+        outcome.status, outcome.reason = REJECTED, f"reply could not be judged ({type(exc).__name__}: {exc})"
+        return outcome, None
     return outcome, payload
+
+
+def _judge_content(content: Any, outcome: NodeOutcome, spec: PayloadSpec, max_bytes: int) -> CondensedPayload:
+    """Fill ``outcome`` from the reply's metrics and payload; ``PayloadError`` names the first bad field."""
+    metrics = wire.checked_metrics(content, wire.NODE_METRICS, wire.NODE_METRIC_RANGES)
+    outcome.source = wire.node_info(content).get("source", "")[:200]
+    outcome.condense_seconds, outcome.condense_finished = metrics.get("condense-seconds"), \
+        metrics.get("condense-finished")
+    outcome.payload_bytes = wire.content_bytes(content)
+    outcome.local_train, outcome.local_test = _maybe_int(metrics.get("local-train")), \
+        _maybe_int(metrics.get("local-test"))
+    payload = wire.payload_from_content(content, max_bytes=max_bytes)
+    outcome.method, outcome.ipc, outcome.num_samples = payload.meta.method, payload.meta.ipc, len(payload)
+    outcome.epsilon, outcome.delta = payload.meta.epsilon, payload.meta.delta
+    validate_payload(payload, spec)
+    return payload
 
 
 def check_quorum(collected: Collected, queried: int, min_fraction: float) -> None:
@@ -360,18 +404,31 @@ def federated_evaluation(grid: Grid, nodes: list[int], student: nn.Module, card:
     replies = _by_source(grid.send_and_receive(messages, timeout=cfg.federation.eval_timeout_s))
     by_node = {o.node_id: o for o in outcomes}
     for node in nodes:
-        reply, outcome = replies.get(node), by_node[node]
-        if reply is None:
-            outcome.eval_error = "no evaluation reply in time"
-        elif reply.has_error():
-            outcome.eval_error = f"error {reply.error.code}: {reply.error.reason}"
-        else:
-            metrics = reply.content.metric_records.get(wire.EVAL_METRICS, {})
-            outcome.eval_accuracy = float(metrics.get("accuracy", float("nan")))
-            outcome.eval_examples = _maybe_int(metrics.get("num-examples"))
+        judge_eval_reply(replies.get(node), by_node[node])
     done = [o.eval_accuracy for o in outcomes if o.eval_accuracy is not None]
     if done:
         say(f"federated evaluation on {len(done)} node(s): mean accuracy {sum(done) / len(done):.4f}")
+
+
+def judge_eval_reply(reply: Message | None, outcome: NodeOutcome) -> None:
+    """Record one node's evaluation in ``outcome``: an accuracy in [0, 1] (and example count), or the reason
+    the reply was not used. Nothing a node sends raises out of here, and a bad value is never averaged."""
+    outcome.eval_accuracy, outcome.eval_examples = None, None
+    try:
+        if reply is None:
+            outcome.eval_error = "no evaluation reply in time"
+        elif reply.has_error():
+            outcome.eval_error = f"error {reply.error.code}: {str(reply.error.reason)[:2000]}"
+        else:
+            metrics = wire.checked_metrics(reply.content, wire.EVAL_METRICS, wire.EVAL_METRIC_RANGES,
+                                           required=("accuracy",))
+            outcome.eval_accuracy = metrics["accuracy"]
+            outcome.eval_examples = _maybe_int(metrics.get("num-examples"))
+    except PayloadError as exc:
+        outcome.eval_error = f"rejected evaluation reply: {exc}"
+    except Exception as exc:  # the error boundary: one odd reply loses one evaluation only
+        outcome.eval_accuracy, outcome.eval_examples = None, None
+        outcome.eval_error = f"evaluation reply could not be judged ({type(exc).__name__}: {exc})"
 
 
 # ---- helpers -------------------------------------------------------------------------------------------

@@ -79,7 +79,9 @@ class RunReport:
 
     def federated_eval(self) -> dict[str, Any]:
         """Mean of the per-node accuracies and the example-weighted mean (None when no node evaluated)."""
-        done = [o for o in self.node_outcomes if o.eval_accuracy is not None]
+        # only fractions enter the means: a NaN, 7.0 or -3 from a node is never averaged (judge_eval_reply
+        # already refuses them; this keeps a report built by other code honest too)
+        done = [o for o in self.node_outcomes if _fraction(o.eval_accuracy)]
         if not done:
             return {"mean": None, "weighted_mean": None, "nodes": 0}
         total = sum(o.eval_examples or 0 for o in done)
@@ -156,6 +158,10 @@ class RunReport:
         json_path = atomic_write_text(directory / "report.json", self.to_json())
         md_path = atomic_write_text(directory / "report.md", self.to_markdown())
         return json_path, md_path
+
+
+def _fraction(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0.0 <= value <= 1.0
 
 
 def _pct(value: float | None) -> str:
