@@ -102,6 +102,7 @@ def test_guided_end_to_end(tiny_teacher, tiny_condensed, engine_data, tmp_path) 
     assert card.provenance["payloads"] == tiny_condensed.sources
     assert (tmp_path / "run" / "grids" / "condensed.png").is_file()
     assert any(p.name.startswith("synthetic_epoch") for p in (tmp_path / "run" / "grids").iterdir())
+    assert (tmp_path / "run" / "plots" / "run.png").stat().st_size > 10_000
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["epochs"] == 3 and summary["config"]["mode"] == "mi*"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -154,3 +155,32 @@ def test_fast_trains_fresh_noisy_layers_per_batch(tiny_teacher) -> None:
     batch = method.synthesize()
     assert batch.images.shape == (10, 1, 28, 28)
     assert set(method.ctx.generator.state_dict()) == set(before)  # the noisy maps are not part of the generator
+
+
+def test_comparison_grid_frames_exactly_the_tiles_the_teacher_disagrees_with() -> None:
+    from shared.viz import comparison_grid
+
+    names = ["zero", "one"]
+    synthetic = torch.full((4, 1, 28, 28), 0.5)
+    requested = torch.tensor([0, 0, 1, 1])
+    teacher = torch.tensor([0, 1, 1, 1])  # only the second tile of row "zero" is labelled otherwise
+    grid = np.asarray(comparison_grid(names, synthetic, requested, teacher, scale=1))
+    red = (grid[..., 0] > 200) & (grid[..., 1] < 60) & (grid[..., 2] < 60)
+    rows, cols = np.nonzero(red)
+    assert red.any()
+    assert rows.max() < 14 + 30  # all red pixels lie in the first class row ...
+    tile_left = 8 + 7 * len("zero")  # ... around its second synthetic tile
+    assert cols.min() >= tile_left + 30 - 1 and cols.max() <= tile_left + 30 + 28
+
+
+def test_plot_run_draws_every_panel_and_names_missing_metrics(tmp_path) -> None:
+    from server.distillation.plots import PANELS, _series, plot_run
+
+    records = [{"event": "epoch", "epoch": e, "seconds": float(e), "kd_loss": 1.0 / e, "agreement": 0.5,
+                "confidence": 0.7, "classes_present": 8, "label_histogram": [1] * 10} for e in range(1, 4)]
+    records += [{"event": "eval", "epoch": 3, "seconds": 3.0, "accuracy": 0.4}]
+    assert _series(records, "epoch", "classes_present_share") == ([1.0, 2.0, 3.0], [0.8, 0.8, 0.8])
+    assert _series(records, "epoch", "bn_raw") == ([], [])
+    path = plot_run(records, tmp_path / "plots" / "run.png")
+    assert path.stat().st_size > 10_000 and len(PANELS) == 6
+    assert [p.name for p in path.parent.iterdir()] == ["run.png"]  # no temp file left

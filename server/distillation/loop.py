@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import math
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,7 @@ from torch import nn
 
 from server.distillation import kd_logit_std, replay_generative, sampling_ssd  # noqa: F401  (register options)
 from server.distillation.kd_losses import get_kd_loss
+from server.distillation.plots import plot_run
 from server.distillation.pool import Replay, replays
 from server.inversion import FeatureAlignment, Generator, InversionContext, InversionMethod, build_method
 from server.inversion.base import SyntheticBatch
@@ -48,7 +50,7 @@ from shared.errors import ConfigError, PayloadError
 from shared.models import build_model
 from shared.progress import progress_bar
 from shared.train import augment_batch, evaluate
-from shared.viz import save_class_grid
+from shared.viz import save_class_grid, save_comparison_grid
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -197,7 +199,7 @@ class Distiller:
         self.epoch = 0
         self.last_eval = -math.inf
         self.curve: list[dict[str, float]] = []
-        self.last_batch: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.last_batch: SyntheticBatch | None = None
 
     # -- construction --------------------------------------------------------------------------------
     def _student_optimizer(self) -> torch.optim.Optimizer:
@@ -255,7 +257,7 @@ class Distiller:
         batch = self.method.synthesize()
         if self.epoch % self.cfg.pool_every == 0:
             self.pool.add(batch.images, batch.targets, batch.teacher_logits)
-        self.last_batch = (batch.images, batch.targets)
+        self.last_batch = batch
         return batch.losses | self._batch_quality(batch)
 
     def _batch_quality(self, batch: SyntheticBatch) -> dict[str, Any]:
@@ -395,16 +397,26 @@ class Distiller:
             self.run.save_state(self.state_dict())
 
     def save_grids(self) -> None:
+        """The last synthetic batch beside the condensed set (``grids/``) and the run's plots (``plots/``)."""
         grids = self.run.path / "grids"
         mean, std = self.card.mean, self.card.std
+        names = list(self.card.class_names) or [str(c) for c in range(self.num_classes)]
+        condensed = None
+        if self.condensed is not None:
+            condensed = (to_pixels(self.condensed.images, mean, std), self.condensed.labels)
         with self.timer.phase("grids"):
-            if self.last_batch is not None:
-                images, labels = self.last_batch
-                save_class_grid(grids / f"synthetic_epoch{self.epoch:06d}.png", to_pixels(images, mean, std),
-                                labels, self.num_classes)
-            if self.condensed is not None and not (grids / "condensed.png").exists():
-                save_class_grid(grids / "condensed.png", to_pixels(self.condensed.images, mean, std),
-                                self.condensed.labels, self.num_classes)
+            batch = self.last_batch
+            if batch is not None:
+                requested = batch.targets if batch.requested is None else batch.requested
+                save_comparison_grid(grids / f"synthetic_epoch{self.epoch:06d}.png", names,
+                                     to_pixels(batch.images, mean, std), requested, batch.targets, condensed)
+            if condensed is not None and not (grids / "condensed.png").exists():
+                save_class_grid(grids / "condensed.png", *condensed, self.num_classes)
+            try:
+                plot_run(self.run.read_metrics(), self.run.path / "plots" / "run.png",
+                         f"{self.cfg.base} {self.cfg.mode}, student {self.cfg.student}")
+            except (OSError, ValueError) as error:  # a plot is not worth ending a distillation over
+                warnings.warn(f"run plot not written: {error}", stacklevel=2)
 
     # -- the loop -------------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> DistillResult:
