@@ -7,6 +7,12 @@ Defaults come from the composed configuration (``configs/``, the FMNIST-CPU sett
         --budget-seconds 300 --out runs/fast_guided
     condex distill --out runs/fast_guided --resume
     condex export --checkpoint runs/fast_guided/student --out exports/student
+
+Payloads are matched to the teacher by their class names, channels and size, not by dataset name: payloads
+of a site's own images (``condex condense --dataset folder --teacher DIR``) serve a Fashion-MNIST teacher.
+The test split comes from the teacher's dataset (``--data-root`` says where its files are; for a teacher of
+``folder`` data, the folder holding ``test.npz`` or ``test/<class>/``). The default teacher
+(``teacher.checkpoint``) is found relative to the working directory or the condex installation.
 """
 
 from __future__ import annotations
@@ -21,7 +27,10 @@ from shared.errors import ConfigError
 def add_cli(subparsers: Any) -> None:
     distill = subparsers.add_parser("distill", help="guided model inversion + KD of a student from a teacher",
                                     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    distill.add_argument("--teacher", help="teacher checkpoint directory (default: teacher.checkpoint)")
+    distill.add_argument("--teacher", help="teacher checkpoint directory (default: teacher.checkpoint, found "
+                         "relative to the working directory or the condex installation)")
+    distill.add_argument("--data-root", help="where the teacher dataset's files are (test split, real:IPC); "
+                         "default: data.data_root, else the built-in location")
     distill.add_argument("--condensed", help="payload file, folder of payloads, or real:IPC for real few-shot samples")
     distill.add_argument("--method", "--base", dest="base", help="base inversion method (fast, deepinversion)")
     distill.add_argument("--mode", choices=["cs-only", "mi", "mi+cs", "mi*"], help="what the student learns from")
@@ -61,30 +70,54 @@ def _config(args: argparse.Namespace) -> Any:
     flags = {"distill.base": args.base, "distill.mode": "mi*" if args.guided else args.mode,
              "distill.student": args.student, "distill.epochs": args.epochs,
              "distill.budget_seconds": args.budget_seconds, "device": args.device, "seed": args.seed,
-             "teacher.checkpoint": args.teacher}
+             "teacher.checkpoint": args.teacher, "data.data_root": args.data_root}
     values |= {k: v for k, v in flags.items() if v is not None}
     return apply_overrides(cfg, values).validate()
+
+
+def teacher_split(card: Any, split: str, root: str, download: bool) -> Any:
+    """The teacher dataset's ``split``; for a ``folder`` teacher, the folder's split labelled by its class names."""
+    from shared.data import load_dataset
+    from shared.data.sources import load_folder
+
+    if card.dataset == "folder":
+        if not root:
+            raise ConfigError("the teacher was trained on 'folder' data: pass --data-root to the folder holding "
+                              f"{split}.npz or {split}/<class>/ for evaluation")
+        return load_folder(Path(root).expanduser(), split, card.class_names)
+    return load_dataset(card.dataset, split, root=root or None, download=download)
+
+
+def _real_ipc(value: str) -> int:
+    text = value.split(":", 1)[1]
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigError(f"--condensed {value!r}: real:IPC needs a positive whole number of images per class, "
+                          "e.g. real:10")
+    return int(text)
 
 
 def run_distill(args: argparse.Namespace) -> int:
     from server.distillation import CondensedSet, Distiller, load_condensed
     from shared.checkpoint import load_checkpoint
-    from shared.data import load_dataset
     from shared.device import select_device
+    from shared.paths import resolve_path
 
     cfg = _config(args)
     device = select_device(cfg.device)
-    teacher, card = load_checkpoint(cfg.teacher.checkpoint, device=device)
+    teacher_dir = Path(args.teacher) if args.teacher else resolve_path(
+        cfg.teacher.checkpoint, "teacher.checkpoint", "pass --teacher DIR")
+    teacher, card = load_checkpoint(teacher_dir, device=device)
     condensed = None
+    root, download = cfg.data.data_root, cfg.data.download
     if args.condensed:
         if args.condensed.startswith("real:"):
-            ipc = int(args.condensed.split(":", 1)[1])
-            condensed = CondensedSet.from_real(load_dataset(card.dataset, "train"), ipc, cfg.seed)
+            ipc = _real_ipc(args.condensed)
+            condensed = CondensedSet.from_real(teacher_split(card, "train", root, download), ipc, cfg.seed)
         else:
             condensed = load_condensed(args.condensed, card)
-    test = load_dataset(card.dataset, "test")
+    test = teacher_split(card, "test", root, download)
     out = Path(args.out or Path(cfg.output_dir) / "distill")
-    provenance = {"teacher_checkpoint": str(cfg.teacher.checkpoint)}
+    provenance = {"teacher_checkpoint": str(teacher_dir)}
     distiller = Distiller(cfg.distill, teacher, card, condensed, test, out, device, cfg.seed,
                           progress=not args.no_progress, provenance=provenance)
     result = distiller.fit(resume=args.resume)

@@ -72,6 +72,8 @@ def load_split(data: DataOptions, split: str) -> LabeledImages:
     """Load a split, keeping a seeded random subset of ``limit_*`` images when asked (quick runs, tests)."""
     images = load_dataset(data.dataset, split, data.root, data.download)
     limit = data.limit_train if split == "train" else data.limit_test
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise DataError(f"--limit-{split}={limit!r} must be a positive number of images (omit it for the whole split)")
     if limit is not None and limit < len(images):
         order = np.random.default_rng(data.seed).permutation(len(images))[:limit]
         images = images.subset(np.sort(order))
@@ -344,7 +346,9 @@ def _cli_train(args: argparse.Namespace) -> int:
 
 def _cli_eval(args: argparse.Namespace) -> int:
     base, _ = _config_defaults()
-    checkpoint = args.checkpoint or base.checkpoint
+    from shared.paths import resolve_path
+
+    checkpoint = args.checkpoint or resolve_path(base.checkpoint, "teacher.checkpoint", "pass --checkpoint DIR")
     data = _data_options(args, args.dataset or "")
     result = evaluate_teacher(checkpoint, data, device=args.device, expect_dataset=args.dataset)
     card = "not recorded" if result.card_accuracy is None else f"{100 * result.card_accuracy:.2f}%"
