@@ -41,7 +41,7 @@ from shared.config.policy import POLICY_REFUSAL_CODE
 from shared.errors import CheckpointError, CondexError, ConfigError, DataError, PayloadError
 from shared.payload import CondensedPayload, PayloadSpec, validate_payload
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the checkout (server/flower/app.py)
 POLL_INTERVAL_S = 1.0
 EPSILON_TOLERANCE = 1.01  # a calibrated DP payload may land a hair above the requested epsilon
 
