@@ -5,7 +5,7 @@ point at a local data folder, and the app submitted with ``flwr run``. Every pro
 Used by ``tests/test_deploy.py`` and runnable as a demo::
 
     python scripts/deploy/localfed.py --workdir /tmp/condex-deploy --sites site-a=/data/a site-b=/data/b \\
-        --run-config "condense.ipc=5"
+        --run-config "condense.method=dp-dm condense.epsilon=8 condense.ipc=5"
 
 Only the Fleet API is public. flwr 1.42's SuperLink serves the Fleet, Control (``flwr run``, ``flwr ls``,
 ``flwr supernode register``) and Runtime (ServerAppIo) APIs on one HTTPS port (``--host``/``--port``) and the
@@ -375,6 +375,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         name, _, folder = spec.partition("=")
         sites[name] = {"data-dir": str(Path(folder).resolve()), "dataset": args.dataset}
     overrides = dict(item.split("=", 1) for item in args.run_config.split()) if args.run_config else {}
+    if "condense.method" not in overrides:  # the job's default, dm, is not DP: deployed sites refuse it
+        print("note: no condense.method in --run-config; the job's default (dm) is refused by every site whose "
+              "policy requires DP (the deployed default): pass e.g. 'condense.method=dp-dm condense.epsilon=8'",
+              file=sys.stderr)
     with ExitStack() as stack:
         fed = start_federation(stack, args.workdir.resolve(), sites, public_host=args.public_host)
         print(f"SuperLink on {fed.control_address} (Control + Runtime API, loopback only; TLS, SuperNode "
