@@ -65,8 +65,9 @@ class ModelCard:
             raise CheckpointError(
                 f"{source}: mean/std have {len(self.mean)}/{len(self.std)} values but in_channels={self.in_channels}"
             )
-        if any(not isinstance(s, int | float) or s <= 0 for s in self.std):
-            raise CheckpointError(f"{source}: std={self.std} must be positive numbers")
+        if not all(_finite_number(m) for m in self.mean) or not all(_finite_number(s) and s > 0 for s in self.std):
+            raise CheckpointError(f"{source}: mean={self.mean} / std={self.std} must be finite numbers, std > 0; "
+                                  "restore the card's normalisation (the dataset's per-channel mean and std)")
         if self.class_names and len(self.class_names) != self.num_classes:
             raise CheckpointError(
                 f"{source}: class_names has {len(self.class_names)} names but num_classes={self.num_classes}"
@@ -96,6 +97,12 @@ class ModelCard:
         unknown = sorted(set(values) - set(fields))
         if unknown:
             raise CheckpointError(f"{source}: unknown key(s) {', '.join(unknown)}; is this a condex model card?")
+        version = values.get("version", CARD_VERSION)
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise CheckpointError(f"{source}: version={version!r} must be an integer (e.g. {CARD_VERSION}), "
+                                  "not a string")
+        if not isinstance(values.get("mean"), list) or not isinstance(values.get("std"), list):
+            raise CheckpointError(f"{source}: mean and std must be lists with one number per channel")
         if values.get("version", CARD_VERSION) > CARD_VERSION:
             raise CheckpointError(f"{source}: card version {values['version']} is newer than this condex "
                                   f"(supports {CARD_VERSION}); upgrade condex")
@@ -118,6 +125,10 @@ class ModelCard:
             raise CheckpointError(f"model card {path} is not valid JSON ({exc}); restore it or re-create the "
                                   "checkpoint") from None
         return cls.from_dict(values, source=str(path))
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @contextmanager
@@ -162,9 +173,10 @@ class ScriptedClassifier(nn.Module):
             return out
         if self.returns_features:
             return self.scripted(x, True)
-        # Without a feature output the logits are the only representation the model exposes.
-        logits = self.scripted(x)
-        return logits, logits
+        # Never hand logits over as "features": feature alignment would silently align the wrong thing.
+        raise CheckpointError("this TorchScript teacher has no forward(x, return_features) (feature_dim=0), so it "
+                              "has no penultimate features; script a model whose forward returns them, or import "
+                              "the architecture with --torchvision/--arch and a state dict")
 
 
 def probe_scripted(scripted: torch.jit.ScriptModule, card: ModelCard) -> tuple[bool, int]:
@@ -184,11 +196,11 @@ def probe_scripted(scripted: torch.jit.ScriptModule, card: ModelCard) -> tuple[b
                                   f"{card.dataset} needs (N, {card.num_classes}) logits")
         try:
             out = scripted(x, True)
-        except Exception:  # forward takes no second argument: a logits-only model
-            return False, card.num_classes
+        except Exception:  # forward takes no second argument: a logits-only model (feature_dim 0: no features)
+            return False, 0
     if isinstance(out, tuple) and len(out) == 2 and out[1].ndim == 2:
         return True, int(out[1].shape[1])
-    return False, card.num_classes
+    return False, 0
 
 
 def save_checkpoint(directory: str | Path, model: nn.Module, card: ModelCard) -> Path:
@@ -264,6 +276,7 @@ def load_scripted(weights: Path, card: ModelCard) -> ScriptedClassifier:
     except (RuntimeError, ValueError, OSError) as exc:
         raise CheckpointError(f"{weights} is not a loadable TorchScript file ({exc}); save it with torch.jit.save") \
             from None
+    check_finite_weights(dict(scripted.state_dict()), str(weights))
     returns_features, feature_dim = probe_scripted(scripted, card)
     return ScriptedClassifier(scripted, card.num_classes, returns_features, feature_dim)
 
@@ -280,8 +293,19 @@ def build_from_card(card: ModelCard) -> nn.Module:
                               f"{exc}") from None
 
 
+def check_finite_weights(state: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse weights holding NaN or infinity: such a model answers (about 10% accuracy, exit 0) and turns every
+    student distilled from it into NaN, so it is stopped at load with the first offending tensor named."""
+    for name, tensor in state.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(f"weights in {source}: tensor {name} has {bad} NaN/infinite value(s); the model "
+                                  "diverged or the file was damaged. Retrain it or restore a good copy")
+
+
 def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], source: str, arch: str) -> None:
-    """Load ``state`` strictly; report missing/unexpected keys and shape mismatches in one readable error."""
+    """Load ``state`` strictly; report missing/unexpected keys, shape mismatches and non-finite values in one
+    readable error."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -295,4 +319,5 @@ def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], so
                 parts.append(f"{label}: {', '.join(items[:5])}{more}")
         raise CheckpointError(f"weights in {source} do not fit arch {arch}: {'; '.join(parts)}. "
                               "Check the card's arch/arch_kwargs (e.g. width) against the weights")
+    check_finite_weights(state, source)
     model.load_state_dict(state, strict=True)

@@ -228,6 +228,19 @@ class PayloadSpec:
     norm_mean: tuple[float, ...] | None = None
     norm_std: tuple[float, ...] | None = None
 
+    @classmethod
+    def for_teacher(cls, card: Any, **limits: Any) -> PayloadSpec:
+        """What a teacher (a ``ModelCard``) accepts: its classes and geometry, normalisation for the query, and
+        ``limits`` (max_ipc, max_bytes, methods, privacy) as the caller sets them."""
+        return cls(num_classes=card.num_classes, image_shape=(card.in_channels, card.image_size, card.image_size),
+                   norm_mean=tuple(card.mean), norm_std=tuple(card.std), **limits)
+
+
+# `condex distill --condensed FILE`: the same validator as the ServerApp, with the ServerApp's default byte cap
+# (federation.max_payload_bytes) and a per-class cap no condensation setting reaches.
+LOCAL_MAX_IPC = 1000
+LOCAL_MAX_BYTES = 64 * 2**20
+
 
 def validate_payload(payload: CondensedPayload, expected: PayloadSpec) -> None:
     """Raise ``PayloadError`` naming the field unless ``payload`` is well formed and matches ``expected``."""
@@ -251,7 +264,8 @@ def _validate_meta(meta: PayloadMeta, spec: PayloadSpec) -> None:
     if meta.num_classes != spec.num_classes:
         raise PayloadError(f"meta.num_classes={meta.num_classes} but the server expects {spec.num_classes}")
     if tuple(meta.image_shape) != tuple(spec.image_shape):
-        raise PayloadError(f"meta image shape (channels, height, width)={meta.image_shape} != {spec.image_shape}")
+        raise PayloadError(f"meta image shape (channels, height, width)={meta.image_shape} but the teacher expects "
+                           f"{spec.image_shape}; condense at the teacher's resolution")
     if not 1 <= meta.ipc <= spec.max_ipc:
         raise PayloadError(f"meta.ipc={meta.ipc} must be in 1..{spec.max_ipc}")
     if len(meta.mean) != meta.channels or len(meta.std) != meta.channels:

@@ -103,15 +103,20 @@ class CondensedSet:
 
 def load_condensed(path: str | Path, card: ModelCard) -> CondensedSet:
     """Read a payload file or a folder of ``*.safetensors`` payloads and check them against the teacher."""
-    from shared.payload import CondensedPayload
+    from shared.payload import LOCAL_MAX_BYTES, LOCAL_MAX_IPC, CondensedPayload, PayloadSpec, validate_payload
 
     path = Path(path)
     files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
     if not files:
         raise PayloadError(f"--condensed {path}: no *.safetensors payload files in this folder")
     payloads = {str(file): CondensedPayload.load(file) for file in files}
+    spec = PayloadSpec.for_teacher(card, max_ipc=LOCAL_MAX_IPC, max_bytes=LOCAL_MAX_BYTES)
     for file, payload in payloads.items():
         check_classes(file, payload.meta.class_names, card)
+        try:  # the ServerApp's validator: NaN pixels, counts, IPC, size, mean/std and epsilon are checked here too
+            validate_payload(payload, spec)
+        except PayloadError as exc:
+            raise PayloadError(f"{file}: {exc}") from None
     return condensed_from_payloads(payloads, card)
 
 

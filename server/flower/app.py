@@ -207,13 +207,11 @@ def payload_spec(card: ModelCard, cfg: CondexConfig) -> PayloadSpec:
     """The strict acceptance rule: the teacher's geometry, the requested method and IPC, the size cap and,
     for DP requests, the privacy budget."""
     eps = cfg.condense.epsilon or None  # 0 (or None in older configs) means "no privacy budget requested"
-    return PayloadSpec(
-        num_classes=card.num_classes, image_shape=(card.in_channels, card.image_size, card.image_size),
-        max_ipc=cfg.condense.ipc, max_bytes=cfg.federation.max_payload_bytes,
+    return PayloadSpec.for_teacher(
+        card, max_ipc=cfg.condense.ipc, max_bytes=cfg.federation.max_payload_bytes,
         max_epsilon=eps * EPSILON_TOLERANCE if eps is not None else None, methods=(cfg.condense.method,),
         require_secret_noise=True,  # the federated server talks to current sites only: DP noise must be secret
-        norm_mean=tuple(card.mean), norm_std=tuple(card.std),  # sent in the query: sites normalise with these
-    )
+    )  # norm_mean/norm_std (the teacher's) go out in the query: sites normalise with these
 
 
 # ---- stage 2: nodes ------------------------------------------------------------------------------------

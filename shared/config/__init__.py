@@ -53,6 +53,8 @@ def _coerce(value: Any, target: Any, key: str) -> Any:
             return value.lower() == "true"
         raise ConfigError(f"{key}={value!r} must be true or false")
     if target in (int, float, str):
+        if target is not str and isinstance(value, bool):  # True is 1 to Python, never an IPC or a rate
+            raise ConfigError(f"{key}={value!r} must be {'an integer' if target is int else 'a number'}, not a boolean")
         if target is int and isinstance(value, float) and not value.is_integer():
             raise ConfigError(f"{key}={value!r} must be an integer")
         if target is str and not isinstance(value, str):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from shared.config.checks import check_types
 from shared.errors import ConfigError
 
 # The condensers a site can run (client/condense registers one module each; tests/test_condense.py checks the
@@ -53,6 +54,7 @@ class CondenseConfig:
     seed: int = 0
 
     def validate(self) -> None:
+        check_types(self, "condense")
         self._check_ranges()
         self._check_choices()
         self._check_privacy()

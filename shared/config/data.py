@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shared.config.checks import check_types
 from shared.errors import ConfigError
 
 
@@ -24,6 +25,7 @@ class DataConfig:
         from shared.data import dataset_names
         from shared.data.partition import SCHEMES
 
+        check_types(self, "data")
         if self.dataset not in dataset_names():
             raise ConfigError(f"data.dataset={self.dataset!r} is unknown; choose one of {', '.join(dataset_names())}")
         if self.partition not in SCHEMES:
@@ -34,5 +36,19 @@ class DataConfig:
             raise ConfigError(f"data.alpha={self.alpha} must be > 0")
         if not 0.0 <= self.test_fraction < 1.0:
             raise ConfigError(f"data.test_fraction={self.test_fraction} must be in [0, 1)")
+        if self.classes_per_partition < 1:
+            raise ConfigError(f"data.classes_per_partition={self.classes_per_partition} must be >= 1")
+        self._check_classes_per_partition()
         if self.few_shot < 0:
             raise ConfigError(f"data.few_shot={self.few_shot} must be >= 0 (0 keeps all local data)")
+
+    def _check_classes_per_partition(self) -> None:
+        """A pathological split cannot give a site more classes than the dataset has."""
+        from shared.data import get_dataset_info
+
+        if self.dataset == "folder":  # its classes are known only once a site's folder is read
+            return
+        classes = get_dataset_info(self.dataset).num_classes
+        if self.classes_per_partition > classes:
+            raise ConfigError(f"data.classes_per_partition={self.classes_per_partition} exceeds the {classes} "
+                              f"classes of {self.dataset}; use 1..{classes}")

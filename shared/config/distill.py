@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shared.config.checks import check_types
 from shared.errors import ConfigError
 
 MODES = ("cs-only", "mi", "mi+cs", "mi*")
@@ -101,6 +102,7 @@ class DistillConfig:
     ssd_uniform_mix: float = 0.1  # share of uniform class weight mixed in, so no class starves
 
     def validate(self) -> None:
+        check_types(self, "distill")
         _choice("mode", self.mode, MODES)
         _choice("pool_policy", self.pool_policy, POOL_POLICIES)
         _choice("student_optimizer", self.student_optimizer, STUDENT_OPTIMIZERS)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from shared.config.checks import check_types
 from shared.errors import ConfigError
 
 
@@ -26,6 +27,7 @@ class FederationConfig:
     #                           with condense.threads (1), so 1 lets two sites condense at a time on 2 cores
 
     def validate(self) -> None:
+        check_types(self, "federation")
         if not isinstance(self.min_nodes, int) or self.min_nodes < 1:
             raise ConfigError(f"federation.min_nodes={self.min_nodes!r} must be an integer >= 1")
         if not isinstance(self.max_nodes, int) or self.max_nodes < 0:

@@ -10,6 +10,7 @@ import ast
 from dataclasses import dataclass
 from typing import Any
 
+from shared.config.checks import check_types
 from shared.errors import ConfigError
 
 
@@ -34,6 +35,7 @@ class TeacherConfig:
         from shared.models import model_names
         from shared.train import AUGMENTS, SCHEDULES
 
+        check_types(self, "teacher")
         if self.arch not in model_names():
             raise ConfigError(f"teacher.arch={self.arch!r} is unknown; choose one of {', '.join(model_names())}")
         self.kwargs()

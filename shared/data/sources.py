@@ -9,6 +9,7 @@ import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -146,17 +147,14 @@ def load_folder(root: Path | None, split: str = "train", class_names: Sequence[s
         raise DataError("dataset 'folder' needs a data root: pass --data-root (or node config data-dir)")
     npz = root / f"{split}.npz"
     if npz.exists():
-        with np.load(npz) as arrays:
-            if "images" not in arrays or "labels" not in arrays:
-                raise DataError(f"{npz} must hold arrays 'images' and 'labels', found {sorted(arrays)}")
-            images, labels = arrays["images"], arrays["labels"]
+        images, labels = _read_npz(npz)
         names = tuple(class_names)
     elif (root / split).is_dir():
         images, labels, names = _read_image_folder(root / split, class_names)
     else:
         raise DataError(f"no {npz.name} and no {split}/ ImageFolder under {root}; see README 'Deploy at data sites'")
     images = _to_nchw_uint8(images, npz)
-    labels = np.asarray(labels, dtype=np.int64)
+    labels = _checked_labels(labels, len(images), npz)
     num_classes = int(labels.max()) + 1 if labels.size else 0
     if names and num_classes > len(names):
         raise DataError(f"{npz}: labels reach {num_classes - 1} but the teacher has {len(names)} classes "
@@ -222,6 +220,35 @@ def default_class_ids(folders: Sequence[str]) -> tuple[dict[str, int], tuple[str
     return {f: i for i, f in enumerate(ordered)}, tuple(ordered)
 
 
+MAX_FOLDER_CLASSES = 100_000  # labels beyond this are damage, not classes (bincount would allocate per label)
+
+
+def _read_npz(npz: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``images`` and ``labels`` of a site's npz; a damaged or foreign file is a ``DataError`` naming it."""
+    import zipfile
+    import zlib
+
+    try:
+        with np.load(npz, allow_pickle=False) as arrays:
+            if "images" not in arrays or "labels" not in arrays:
+                raise DataError(f"{npz} must hold arrays 'images' and 'labels', found {sorted(arrays)}")
+            return arrays["images"], arrays["labels"]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise DataError(f"{npz} cannot be read ({type(exc).__name__}: {exc}); it is truncated or not an npz: "
+                        "write it again with numpy.savez(path, images=..., labels=...)") from None
+
+
+def _checked_labels(labels: np.ndarray, count: int, source: Path) -> np.ndarray:
+    """One integer label per image, each in 0..MAX_FOLDER_CLASSES - 1."""
+    if labels.ndim != 1 or len(labels) != count or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{source}: 'labels' must be {count} integers (one per image), got {labels.dtype} "
+                        f"{labels.shape}")
+    if labels.size and (int(labels.min()) < 0 or int(labels.max()) >= MAX_FOLDER_CLASSES):
+        raise DataError(f"{source}: 'labels' span {int(labels.min())}..{int(labels.max())}; labels must be class "
+                        f"ids 0..{MAX_FOLDER_CLASSES - 1} (the teacher's)")
+    return labels.astype(np.int64)
+
+
 def _to_nchw_uint8(images: np.ndarray, source: Path) -> np.ndarray:
     if images.dtype != np.uint8:
         raise DataError(f"{source}: 'images' must be uint8 (0..255), got {images.dtype}")
@@ -246,8 +273,9 @@ def _read_image_folder(folder: Path, class_names: Sequence[str] = ()
     images, labels = [], []
     for name in sorted(folders, key=ids.__getitem__):
         for file in sorted((folder / name).iterdir(), key=_natural_key):
-            with Image.open(file) as img:
-                images.append(np.asarray(img.convert("RGB" if img.mode not in ("L",) else "L")))
+            if file.name.startswith("."):  # .DS_Store, editor and sync files: not images, never labelled
+                continue
+            images.append(_read_image(file, Image))
             labels.append(ids[name])
     if not images:
         raise DataError(f"ImageFolder {folder} holds no images")
@@ -255,6 +283,18 @@ def _read_image_folder(folder: Path, class_names: Sequence[str] = ()
     if len(shapes) != 1:
         raise DataError(f"ImageFolder {folder} mixes image sizes {sorted(shapes)}; resize them to one size first")
     return np.stack(images), np.asarray(labels), names
+
+
+def _read_image(file: Path, image_module: Any) -> np.ndarray:
+    """One image of a class folder; anything else there (a README, a subfolder, a damaged or truncated image,
+    a symlink loop) is a ``DataError`` naming the file."""
+    if file.is_dir():
+        raise DataError(f"{file}: class folders hold images only, not subfolders; move it out of {file.parent}")
+    try:
+        with image_module.open(file) as img:
+            return np.asarray(img.convert("RGB" if img.mode not in ("L",) else "L"))
+    except (OSError, ValueError, SyntaxError, image_module.DecompressionBombError) as exc:
+        raise DataError(f"{file}: not a readable image ({type(exc).__name__}: {exc}); remove or replace it") from None
 
 
 def place_fashion_mnist_for_torchvision(root: Path) -> Path:
