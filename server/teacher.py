@@ -1,8 +1,12 @@
 """The server's teacher: train one on a registry dataset, re-evaluate a checkpoint, or import a user's own
-model (TorchScript, or a zoo architecture + state dict) into the checkpoint format of ``shared.checkpoint``.
+model (TorchScript, a zoo architecture, or a torchvision / timm architecture + state dict) into the checkpoint
+format of ``shared.checkpoint``.
 
 CLI: ``condex teacher train|eval|import``. Every checkpoint written here carries the test accuracy
-measured on the dataset's real test split and the command that reproduces it."""
+measured on the dataset's real test split and the command that reproduces it. An import whose measured
+accuracy is below ``--min-accuracy`` (default: twice chance, ``CHANCE_FACTOR / num_classes``) is refused
+unless ``--force``, and one below ``WARN_ACCURACY`` gets a warning: a teacher that does not know the data
+(wrong weights, normalisation, input stem or class order) inverts into noise."""
 
 from __future__ import annotations
 
@@ -31,8 +35,11 @@ from shared.checkpoint import (
 from shared.config.teacher import TeacherConfig, format_arch_kwargs, parse_arch_kwargs
 from shared.data import DatasetInfo, LabeledImages, get_dataset_info, load_dataset
 from shared.device import prepare_model, seed_everything, select_device
-from shared.errors import CheckpointError, DataError
+from shared.errors import CheckpointError, ConfigError, DataError
 from shared.train import TrainHistory, evaluate, train_classifier
+
+CHANCE_FACTOR = 2.0  # default --min-accuracy: twice chance (a model this close to chance is broken, not weak)
+WARN_ACCURACY = 0.5  # below this fraction an accepted import still gets a warning
 
 
 @dataclass
@@ -201,13 +208,19 @@ def _import_data_info(data: DataOptions) -> tuple[DatasetInfo, LabeledImages | N
 def import_teacher(out: str | Path, data: DataOptions, *, torchscript: str | Path | None = None,
                    arch: str | None = None, arch_kwargs: dict[str, Any] | None = None,
                    weights: str | Path | None = None, evaluate_now: bool = True, device: str = "auto",
-                   role: str = "teacher", command: str = "") -> tuple[nn.Module, ModelCard]:
-    """Wrap a user's model into a checkpoint: ``torchscript`` file, or ``arch`` (zoo name) + ``weights``."""
+                   role: str = "teacher", command: str = "", stats: tuple[list[float], list[float]] | None = None,
+                   min_accuracy: float | None = None, force: bool = False) -> tuple[nn.Module, ModelCard]:
+    """Wrap a user's model into a checkpoint: ``torchscript`` file, or ``arch`` (zoo name, ``torchvision:NAME``
+    or ``timm:NAME``) + ``weights``. ``stats``: the normalisation the model was trained with (default: the
+    dataset's); the measured accuracy must reach ``min_accuracy`` (default: twice chance) unless ``force``."""
     if (torchscript is None) == (arch is None):
-        raise CheckpointError("pass exactly one of --torchscript FILE or --arch NAME (with --weights FILE)")
+        raise CheckpointError("pass exactly one of --torchscript FILE, --arch NAME, --torchvision NAME or --timm NAME "
+                              "(the last three with --weights FILE)")
     if arch is not None and weights is None:
         raise CheckpointError(f"--arch {arch} needs --weights FILE (a state dict, .pt or .safetensors)")
     info, test = _import_data_info(data)
+    if stats is not None:
+        info = _with_stats(info, stats)
     if torchscript is not None:
         card = card_for_dataset(info, "torchscript", {}, role=role, format="torchscript", command=command)
         model = _import_torchscript(Path(torchscript), card)
@@ -217,18 +230,93 @@ def import_teacher(out: str | Path, data: DataOptions, *, torchscript: str | Pat
         from shared.models import build_model
 
         assert arch is not None and weights is not None
-        card = card_for_dataset(info, arch, arch_kwargs or {}, role=role, command=command,
-                                provenance={"source": "condex teacher import", "weights": str(weights)})
         model = build_model(arch, num_classes=info.num_classes, in_channels=info.channels,
-                            image_size=info.image_size, **card.arch_kwargs)
-        load_state_dict_checked(model, read_state_dict(weights), str(weights), arch)
+                            image_size=info.image_size, **(arch_kwargs or {}))
+        from shared.models.external import is_external
+
+        kwargs = dict(model.arch_kwargs) if is_external(arch) else dict(arch_kwargs or {})  # external: resolved adapt
+        card = card_for_dataset(info, arch, kwargs, role=role, command=command,
+                                provenance={"source": "condex teacher import", "weights": str(weights)})
+        state = read_state_dict(weights)
+        if is_external(arch):  # the library's own module, with its own key names (conv1.weight, fc.weight ...)
+            if state and all(k.startswith("net.") for k in state):  # saved from condex's wrapper
+                state = {k[len("net."):]: v for k, v in state.items()}
+            load_weights(model.net, state, str(weights), arch)
+        else:
+            load_weights(model, state, str(weights), arch)
+    card.provenance["normalisation"] = "declared" if stats is not None else f"dataset {info.name}"
     dev = select_device(device)
     model = model.to(dev).eval()
     if evaluate_now and test is not None:
         card.test_accuracy = round(evaluate(model, test, dev, stats=(info.mean, info.std)), 5)
         card.provenance["test_images"] = len(test)
+        check_accuracy(card, min_accuracy, force)
     save_checkpoint(out, model.cpu(), card)
     return model, card
+
+
+def _with_stats(info: DatasetInfo, stats: tuple[list[float], list[float]]) -> DatasetInfo:
+    mean, std = stats
+    if len(mean) != info.channels or len(std) != info.channels or min(std) <= 0:
+        raise ConfigError(f"--mean {mean} / --std {std}: one value per channel ({info.channels} for {info.name}), "
+                          "std > 0")
+    return replace(info, mean=tuple(mean), std=tuple(std))
+
+
+def check_accuracy(card: ModelCard, min_accuracy: float | None, force: bool) -> None:
+    """Refuse (or, with ``force``, warn loudly about) a teacher whose measured accuracy is below ``min_accuracy``
+    (default: twice chance); warn about one below ``WARN_ACCURACY``."""
+    acc = card.test_accuracy
+    chance = 1.0 / card.num_classes
+    floor = CHANCE_FACTOR * chance if min_accuracy is None else min_accuracy
+    if acc is None or acc >= WARN_ACCURACY:
+        return
+    problem = (f"the imported model scores {100 * acc:.2f}% on the {card.dataset} test split (chance "
+               f"{100 * chance:.1f}%, --min-accuracy {100 * floor:.1f}%); check the weights, the "
+               f"normalisation (--mean/--std, now {card.mean}/{card.std}), the input adaptation and the class order "
+               f"({', '.join(card.class_names) or 'ids 0..' + str(card.num_classes - 1)})")
+    if acc >= floor:
+        print(f"WARNING: {problem}. A weak teacher gives a weak student.")
+        return
+    if not force:
+        raise CheckpointError(f"{problem}; pass --force to import it anyway")
+    card.provenance["low_accuracy_forced"] = True
+    print(f"WARNING: {problem}. Imported anyway (--force): distillation from it will be poor.")
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str, arch: str) -> None:
+    """Load ``state`` strictly; on a mismatch say which keys differ and what most likely causes it."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if not (missing or unexpected or wrong):
+        load_state_dict_checked(model, state, source, arch)
+        return
+    parts = [f"{label} ({len(keys)}): {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
+             for label, keys in (("missing", missing), ("unexpected", unexpected),
+                                 ("shape mismatch", [f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
+                                                     for k in wrong])) if keys]
+    hint = _mismatch_hint(arch, state, wrong)
+    raise CheckpointError(f"weights in {source} do not fit arch {arch}: {'; '.join(parts)}. {hint}")
+
+
+def _mismatch_hint(arch: str, state: dict[str, torch.Tensor], wrong: list[str]) -> str:
+    """The likeliest cause of a key mismatch, from the key names."""
+    from shared.models.external import is_external
+
+    torchvision_like = any(k.startswith(("conv1.", "layer1.", "fc.", "features.0.", "classifier.1.")) for k in state)
+    if not is_external(arch) and torchvision_like:
+        return (f"The keys look like a torchvision model: import it with --torchvision NAME (e.g. resnet18, "
+                f"mobilenet_v2), not the zoo's --arch {arch}")
+    if is_external(arch) and any(k.startswith(("conv1.", "features.0.0.")) for k in wrong):
+        return ("The first convolution differs: set --adapt to the stem the model was trained with (small: 3x3 "
+                "stride 1 for small images, none: the ImageNet stem; see docs/teacher.md)")
+    if any(k.endswith(("fc.weight", "classifier.1.weight", "head.weight", "head.bias", "fc.bias")) for k in wrong):
+        return "The classifier's output size differs: the model was trained for another number of classes"
+    if is_external(arch):
+        return f"The state dict is not of {arch}: check the architecture name"
+    return "Check --arch and --arch-kwargs (e.g. width) against the model the weights came from"
 
 
 def _import_torchscript(path: Path, card: ModelCard) -> ScriptedClassifier:
@@ -296,17 +384,33 @@ def _add_eval(actions: argparse._SubParsersAction) -> None:
 
 
 def _add_import(actions: argparse._SubParsersAction) -> None:
-    p = actions.add_parser("import", help="wrap your own model (TorchScript, or zoo arch + state dict) as a checkpoint",
-                           description="Bring your own teacher. With --arch the weights are loaded into the zoo "
-                                       "model (BatchNorm statistics usable by DeepInversion); a TorchScript model "
-                                       "serves logits only.")
+    p = actions.add_parser(
+        "import", help="wrap your own model (zoo, torchvision or timm arch + weights, or TorchScript) as a checkpoint",
+        description="Bring your own teacher. With --arch, --torchvision or --timm the weights are loaded into an "
+                    "nn.Module (BatchNorm statistics usable by the inversion; penultimate features from the input "
+                    "of the final linear layer); a TorchScript model serves logits, and features only if its "
+                    "forward(x, return_features) returns them. The imported model is measured on the test split "
+                    "and refused below --min-accuracy unless --force. See docs/teacher.md.")
     _data_arguments(p, None)
     p.add_argument("--out", required=True, help="checkpoint directory to write")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--torchscript", default=None, metavar="FILE", help="a torch.jit.save'd classifier")
     source.add_argument("--arch", default=None, help="zoo architecture name of the state dict in --weights")
+    source.add_argument("--torchvision", default=None, metavar="NAME",
+                        help="torchvision.models architecture of the state dict, e.g. resnet18, mobilenet_v2")
+    source.add_argument("--timm", default=None, metavar="NAME", help="timm architecture (needs the timm extra)")
     p.add_argument("--arch-kwargs", default="", metavar="K=V,...", help="architecture options, e.g. width=16")
+    p.add_argument("--adapt", choices=("auto", "none", "small"), default=None,
+                   help="torchvision/timm input stem: small (3x3 stride-1 conv for C channels, no max-pool), none "
+                        "(as published, 3 channels), auto (small below 64 px or not 3 channels; default)")
     p.add_argument("--weights", default=None, metavar="FILE", help="state dict (.pt, .pth or .safetensors)")
+    p.add_argument("--mean", default=None, metavar="M[,M,M]",
+                   help="the normalisation mean the model was trained with, per channel (default: the dataset's)")
+    p.add_argument("--std", default=None, metavar="S[,S,S]", help="the normalisation std, per channel")
+    p.add_argument("--min-accuracy", type=float, default=None, metavar="FRACTION",
+                   help=f"refuse a model below this test accuracy (default: twice chance; a warning below "
+                        f"{WARN_ACCURACY})")
+    p.add_argument("--force", action="store_true", help="import a model below --min-accuracy (with a warning)")
     p.add_argument("--role", default="teacher", choices=("teacher", "student"))
     p.add_argument("--no-eval", action="store_true", help="do not measure test accuracy")
     p.set_defaults(handler=_cli_import)
@@ -363,16 +467,48 @@ def _cli_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import_arch(args: argparse.Namespace) -> tuple[str | None, dict[str, Any], str]:
+    """The architecture name (``torchvision:NAME`` / ``timm:NAME`` for those flags), its options and the flags
+    that reproduce them."""
+    kwargs = parse_arch_kwargs(args.arch_kwargs, "--arch-kwargs")
+    external = ("torchvision", args.torchvision) if args.torchvision else ("timm", args.timm) if args.timm else None
+    if external is None:
+        if args.adapt is not None:
+            raise ConfigError("--adapt applies to --torchvision/--timm models; zoo models take --arch-kwargs")
+        if args.torchscript:
+            return None, kwargs, f"--torchscript {args.torchscript}"
+        return args.arch, kwargs, f"--arch {args.arch} --arch-kwargs {format_arch_kwargs(kwargs)}"
+    if kwargs:
+        raise ConfigError(f"--{external[0]} models take --adapt, not --arch-kwargs {args.arch_kwargs!r}")
+    adapt = args.adapt or "auto"
+    return f"{external[0]}:{external[1]}", {"adapt": adapt}, f"--{external[0]} {external[1]} --adapt {adapt}"
+
+
+def _cli_stats(args: argparse.Namespace) -> tuple[list[float], list[float]] | None:
+    if (args.mean is None) != (args.std is None):
+        raise ConfigError("--mean and --std go together (the normalisation the model was trained with)")
+    if args.mean is None:
+        return None
+    try:
+        return [float(v) for v in args.mean.split(",")], [float(v) for v in args.std.split(",")]
+    except ValueError:
+        raise ConfigError(f"--mean {args.mean!r} / --std {args.std!r} must be comma-separated numbers") from None
+
+
 def _cli_import(args: argparse.Namespace) -> int:
     _, dataset = _config_defaults()
     data = _data_options(args, dataset)
-    kwargs = parse_arch_kwargs(args.arch_kwargs, "--arch-kwargs")
-    source = f"--torchscript {args.torchscript}" if args.torchscript else \
-        f"--arch {args.arch} --arch-kwargs {format_arch_kwargs(kwargs)} --weights {args.weights}"
+    arch, kwargs, source = _import_arch(args)
+    stats = _cli_stats(args)
+    if args.weights and not args.torchscript:
+        source += f" --weights {args.weights}"
+    if stats is not None:
+        source += f" --mean {args.mean} --std {args.std}"
     command = f"condex teacher import --dataset {data.dataset} {source} --out {args.out}"
-    _, card = import_teacher(args.out, data, torchscript=args.torchscript, arch=args.arch, arch_kwargs=kwargs,
+    _, card = import_teacher(args.out, data, torchscript=args.torchscript, arch=arch, arch_kwargs=kwargs,
                              weights=args.weights, evaluate_now=not args.no_eval, device=args.device,
-                             role=args.role, command=command)
+                             role=args.role, command=command, stats=stats, min_accuracy=args.min_accuracy,
+                             force=args.force)
     acc = "not measured" if card.test_accuracy is None else f"{100 * card.test_accuracy:.2f}%"
     print(f"imported {card.arch} for {card.dataset} into {args.out}; test accuracy {acc}")
     return 0

@@ -121,8 +121,13 @@ def test_import_torchscript(how: str, tiny_teacher: Path, tmp_path: Path, monkey
     assert imported_card.test_accuracy == pytest.approx(card.test_accuracy, abs=1e-5)
     with torch.no_grad():
         assert torch.allclose(model(x), imported(x), atol=1e-5)
-        _, features = imported(x, return_features=True)
-    assert features.shape == (4, model.feature_dim if how == "script" else 10)
+        if how == "script":
+            _, features = imported(x, return_features=True)
+            assert features.shape == (4, model.feature_dim) and imported.feature_dim == model.feature_dim
+        else:  # a traced model has no feature output: asking for features fails, logits never stand in for them
+            assert imported.feature_dim == 0
+            with pytest.raises(CheckpointError, match="no penultimate features"):
+                imported(x, return_features=True)
     assert imported.returns_features == (how == "script")
 
 
@@ -182,3 +187,116 @@ def test_committed_default_teacher_matches_its_card() -> None:
     assert card.test_accuracy is not None and card.test_accuracy >= 0.91
     assert abs(accuracy - card.test_accuracy) * 100 <= 0.2, (accuracy, card.test_accuracy)
     assert json.loads((DEFAULT_TEACHER / "card.json").read_text())["command"].startswith("condex teacher train")
+
+
+# ---- torchvision / timm teachers (issue 12.3) -----------------------------------------------------------
+DIGITS = ["--dataset", "digits", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def torchvision_resnet18(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.Module]:
+    """A torchvision ResNet-18 with the documented small-image stem (1 channel, 3x3 stride 1, no max-pool),
+    trained for one epoch on scikit-learn digits, saved as torchvision's own state dict (``conv1.weight``...)."""
+    from shared.data import load_dataset
+    from shared.device import torch_threads
+    from shared.models import build_model
+    from shared.train import train_classifier
+
+    torch.manual_seed(0)
+    model = build_model("torchvision:resnet18", num_classes=10, in_channels=1, image_size=8)
+    with torch_threads(1):
+        train_classifier(model, load_dataset("digits", "train"), None, epochs=1, batch_size=64, lr=0.05,
+                         progress=False, augment="none")
+    weights = tmp_path_factory.mktemp("tv") / "r18.pt"
+    torch.save(model.net.state_dict(), weights)  # the plain torchvision module's keys, as a user saves them
+    assert "conv1.weight" in model.net.state_dict() and "fc.weight" in model.net.state_dict()
+    return weights, model.eval()
+
+
+def test_torchvision_resnet18_import_keeps_bn_and_real_features(
+        torchvision_resnet18: tuple[Path, torch.nn.Module], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from server.distillation import CondensedSet, Distiller
+    from shared.config import DistillConfig
+    from shared.data import load_dataset
+
+    weights, trained = torchvision_resnet18
+    out = tmp_path / "r18"
+    assert condex("teacher", "import", *DIGITS, "--torchvision", "resnet18", "--weights", str(weights),
+                  "--out", str(out), monkeypatch=monkeypatch) == 0, capsys.readouterr().err
+    teacher, card = load_checkpoint(out, expect_dataset="digits")
+    assert card.arch == "torchvision:resnet18" and card.arch_kwargs == {"adapt": "small"}
+    assert card.test_accuracy is not None and card.test_accuracy > 0.6
+    assert len(batchnorm_layers(teacher)) == 20 and teacher.feature_dim == 512
+    x = torch.randn(5, 1, 8, 8)
+    with torch.no_grad():
+        logits, features = teacher(x, return_features=True)
+        net = trained.net  # the penultimate features are avgpool's output, not the logits
+        stem = net.relu(net.bn1(net.conv1(x)))
+        pooled = torch.flatten(net.avgpool(net.layer4(net.layer3(net.layer2(net.layer1(stem))))), 1)
+    assert torch.allclose(features, pooled, atol=1e-5) and torch.allclose(logits, trained(x), atol=1e-5)
+    # mode mi* with the BN-statistics loss and feature alignment on the imported teacher
+    train = load_dataset("digits", "train")
+    cfg = DistillConfig(mode="mi*", epochs=1, budget_seconds=0, synthesis_batch_size=8, generator_width=8,
+                        latent_dim=16, kd_batch_size=16, kd_steps=1, condensed_batch_size=8, discriminator_hidden=16,
+                        warmup_epochs=0, eval_every_seconds=0.0, eval_samples=50, checkpoint_every=0, grid_every=0,
+                        bn_weight=10.0)
+    distiller = Distiller(cfg, teacher, card, CondensedSet.from_real(train, 2), load_dataset("digits", "test"),
+                          tmp_path / "run", seed=0, progress=False)
+    assert distiller.guidance is not None
+    batch = distiller.method.synthesize()
+    assert batch.losses["bn"] > 0 and batch.losses["fa"] != 0
+    assert batch.features is not None and batch.features.shape == (8, 512)
+    assert distiller.fit().epochs == 1
+
+
+def test_torchvision_import_errors_name_the_real_problem(
+        torchvision_resnet18: tuple[Path, torch.nn.Module], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    weights, _ = torchvision_resnet18
+    # the zoo's resnet18 is another module: the keys are listed and --torchvision suggested, not `width`
+    assert condex("teacher", "import", *DIGITS, "--arch", "resnet18", "--weights", str(weights), "--out",
+                  str(tmp_path / "a"), monkeypatch=monkeypatch) == 2
+    err = capsys.readouterr().err
+    assert "--torchvision" in err and "unexpected" in err and "fc.weight" in err and "width" not in err
+    # the published ImageNet stem does not fit weights trained with the small one: --adapt is named
+    assert condex("teacher", "import", "--dataset", "cifar10", "--no-download", "--device", "cpu", "--no-eval",
+                  "--torchvision", "resnet18", "--adapt", "none", "--weights", str(weights), "--out",
+                  str(tmp_path / "b"), monkeypatch=monkeypatch) == 2
+    err = capsys.readouterr().err
+    assert "conv1.weight (64, 1, 3, 3) vs (64, 3, 7, 7)" in err and "--adapt" in err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_low_accuracy_import_is_refused_unless_forced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from shared.models import build_model
+
+    torch.manual_seed(0)
+    untrained = build_model("torchvision:mobilenet_v2", num_classes=10, in_channels=1, image_size=8)
+    weights = tmp_path / "mnv2.pt"
+    torch.save(untrained.net.state_dict(), weights)
+    argv = ["teacher", "import", *DIGITS, "--torchvision", "mobilenet_v2", "--weights", str(weights),
+            "--mean", "0.5", "--std", "0.25"]
+    assert condex(*argv, "--out", str(tmp_path / "refused"), monkeypatch=monkeypatch) == 2
+    err = capsys.readouterr().err
+    assert "--force" in err and "chance 10.0%" in err and not (tmp_path / "refused").exists()
+    assert condex(*argv, "--force", "--out", str(tmp_path / "forced"), monkeypatch=monkeypatch) == 0
+    assert "WARNING" in capsys.readouterr().out
+    _, card = load_checkpoint(tmp_path / "forced")
+    assert card.provenance["low_accuracy_forced"] is True and card.test_accuracy is not None
+    assert card.mean == [0.5] and card.std == [0.25]  # the declared normalisation is kept in the card
+
+
+def test_timm_teacher_import(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("timm")
+    from shared.models import build_model
+
+    model = build_model("timm:resnet18", num_classes=10, in_channels=1, image_size=8)
+    weights = tmp_path / "timm.pt"
+    torch.save(model.net.state_dict(), weights)
+    assert condex("teacher", "import", *DIGITS, "--timm", "resnet18", "--weights", str(weights), "--force",
+                  "--out", str(tmp_path / "t"), monkeypatch=monkeypatch) == 0
+    teacher, _ = load_checkpoint(tmp_path / "t")
+    _, features = teacher(torch.randn(2, 1, 8, 8), return_features=True)
+    assert features.shape == (2, teacher.feature_dim) and len(batchnorm_layers(teacher)) > 0

@@ -90,12 +90,20 @@ def build_model(
     """Build the registered model ``name`` for the given input geometry; ``options`` are family options.
 
     Raises ``UnknownNameError`` for an unknown name and ``ConfigError`` (naming the argument) for bad values
-    or options the family does not accept.
+    or options the family does not accept. ``torchvision:<name>`` / ``timm:<name>`` build those libraries'
+    models behind the same interface (``shared.models.external``; option ``adapt``).
     """
-    builder = models.get(name)
     num_classes = _check_int(num_classes, "num_classes", minimum=2)
     in_channels = _check_int(in_channels, "in_channels", minimum=1)
     size = _image_size(image_size)
+    from shared.models.external import build_external, is_external
+
+    if is_external(name):
+        unknown = sorted(set(options) - {"adapt"})
+        if unknown:
+            raise ConfigError(f"model {name!r} does not accept option(s) {', '.join(unknown)}; accepted: adapt")
+        return build_external(name, num_classes, in_channels, size, **options)  # type: ignore[return-value]  (same forward contract as Classifier)
+    builder = models.get(name)
     accepted = _option_names(builder)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
