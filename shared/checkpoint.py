@@ -173,9 +173,10 @@ class ScriptedClassifier(nn.Module):
             return out
         if self.returns_features:
             return self.scripted(x, True)
-        # Without a feature output the logits are the only representation the model exposes.
-        logits = self.scripted(x)
-        return logits, logits
+        # Never hand logits over as "features": feature alignment would silently align the wrong thing.
+        raise CheckpointError("this TorchScript teacher has no forward(x, return_features) (feature_dim=0), so it "
+                              "has no penultimate features; script a model whose forward returns them, or import "
+                              "the architecture with --torchvision/--arch and a state dict")
 
 
 def probe_scripted(scripted: torch.jit.ScriptModule, card: ModelCard) -> tuple[bool, int]:
@@ -195,11 +196,11 @@ def probe_scripted(scripted: torch.jit.ScriptModule, card: ModelCard) -> tuple[b
                                   f"{card.dataset} needs (N, {card.num_classes}) logits")
         try:
             out = scripted(x, True)
-        except Exception:  # forward takes no second argument: a logits-only model
-            return False, card.num_classes
+        except Exception:  # forward takes no second argument: a logits-only model (feature_dim 0: no features)
+            return False, 0
     if isinstance(out, tuple) and len(out) == 2 and out[1].ndim == 2:
         return True, int(out[1].shape[1])
-    return False, card.num_classes
+    return False, 0
 
 
 def save_checkpoint(directory: str | Path, model: nn.Module, card: ModelCard) -> Path:
