@@ -83,7 +83,7 @@ def test_priority_sampling_follows_kd_losses() -> None:
     # feed back: class 2 is hard for the student, the others are easy
     everything = torch.arange(len(pool))
     pool.feedback(everything, torch.where(labels == 2, 3.0, 0.1))
-    probs = sampler.sample_probabilities(*sampler._pool_view(pool))
+    probs = sampler.sample_probabilities(pool)
     assert float(probs.sum()) == pytest.approx(1.0, abs=1e-5)
     assert float(sampler.last_weights.sum()) == pytest.approx(1.0, abs=1e-5)
     assert int(sampler.last_weights.argmax()) == 2
@@ -109,11 +109,123 @@ def test_overwritten_slots_are_revisited() -> None:
 def test_state_round_trip() -> None:
     pool = _pool(per_class=5)
     pool.sample(8)
-    pool.feedback(torch.arange(10), torch.linspace(0, 1, 10))
+    pool.feedback(torch.arange(10), torch.linspace(0, 3, 10))
     fresh = SSDSampler()
     fresh.load_state_dict(pool.sampler.state_dict())
     torch.testing.assert_close(fresh.priority, pool.sampler.priority)
     assert torch.equal(fresh.visited, pool.sampler.visited)
+    assert fresh.state_dict()["max_priority"] == pytest.approx(3.0)
+    # rebuilt on first contact with the pool: the same exact distribution
+    torch.testing.assert_close(fresh.sample_probabilities(pool), pool.sampler.sample_probabilities(pool))
+
+
+def test_state_saved_before_the_incremental_sampler_loads() -> None:
+    pool = _pool(per_class=5)
+    priority, visited = torch.linspace(0, 2, 20), torch.arange(20) < 10
+    legacy = {"priority": priority, "visited": visited, "fingerprint": torch.zeros(20, C)}
+    sampler = SSDSampler()
+    sampler.load_state_dict(legacy)
+    probs = sampler.sample_probabilities(pool)
+    assert sampler.max_priority == pytest.approx(float(priority[:10].max()))  # the old "largest visited"
+    torch.testing.assert_close(probs, _reference_probabilities(sampler, pool))
+
+
+# -- the incremental sampler against the exact formula -------------------------------------------------
+
+def _reference_probabilities(sampler: SSDSampler, pool: SamplePool) -> torch.Tensor:
+    """P(i) = w_c(i) p_i^alpha / sum_{j in c(i)} p_j^alpha recomputed from scratch over the whole pool (what
+    the sampler did every step before it became incremental), unvisited entries at the running maximum."""
+    labels = torch.cat([pool.cond_labels, pool.labels[: pool.size]])
+    logits = torch.cat([pool.cond_logits, pool.logits[: pool.size]]) if pool.num_condensed else pool.logits[: pool.size]
+    priority, visited = sampler.priority, sampler.visited
+    p = (torch.where(visited, priority, torch.tensor(sampler.max_priority)) + 1e-3) ** sampler.priority_power
+    difficulty = class_difficulty(labels, priority, visited, C)
+    diversity = class_diversity(labels, logits, C)
+    present = torch.bincount(labels, minlength=C) > 0
+    w = modulating_weights(difficulty, diversity, present, sampler.difficulty_power, sampler.diversity_power,
+                           sampler.uniform_mix)
+    return w[labels] * p / torch.bincount(labels, weights=p, minlength=C)[labels]
+
+
+def _busy_pool(seed: int = 0) -> tuple[SamplePool, list[float]]:
+    """Condensed + synthetic entries, uneven classes, losses fed back, some slots overwritten (reservoir)."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    cond_labels = torch.tensor([0, 1, 2, 3, 3])
+    condensed = (torch.zeros(5, 1, 2, 2), cond_labels, _spread_logits(cond_labels, [1.0] * C, seed=1))
+    pool = SamplePool(cap=30, policy="reservoir", sampler="ssd", condensed=condensed,
+                      cfg=DistillConfig(ssd_uniform_mix=0.05))
+    fed: list[float] = []
+    for step in range(6):
+        labels = torch.randint(0, C - (step % 2), (12,), generator=gen)  # class 3 rarer
+        pool.add(torch.zeros(12, 1, 2, 2), labels, _spread_logits(labels, [0.2, 1.0, 2.0, 0.5], seed=step + 2))
+        for _ in range(3):
+            batch = pool.sample(16)
+            losses = torch.rand(16, generator=gen) * (3.0 if step < 2 else 1.0)
+            pool.feedback(batch.indices, losses)
+            fed += losses.tolist()
+    labels = torch.randint(0, C, (12,), generator=gen)  # last write: some entries never trained on
+    pool.add(torch.zeros(12, 1, 2, 2), labels, _spread_logits(labels, [1.0] * C, seed=9))
+    return pool, fed
+
+
+def test_incremental_statistics_equal_a_fresh_computation() -> None:
+    pool, fed = _busy_pool()
+    sampler = pool.sampler
+    assert isinstance(sampler, SSDSampler)
+    assert pool.seen > pool.cap  # slots were overwritten
+    assert sampler.max_priority == pytest.approx(max(fed))  # the running maximum, not the current one
+    assert sampler.max_priority > float(sampler.priority[sampler.visited].max())
+    labels = torch.cat([pool.cond_labels, pool.labels[: pool.size]])
+    torch.testing.assert_close(sampler.sample_probabilities(pool), _reference_probabilities(sampler, pool))
+    torch.testing.assert_close(sampler.loss_sum.float(), torch.bincount(
+        labels[sampler.visited], weights=sampler.priority[sampler.visited].double(), minlength=C).float())
+    assert torch.equal(sampler.class_count, torch.bincount(labels, minlength=C))
+    trees = sampler.trees
+    assert trees is not None  # every internal node is the sum of its children
+    for level in range(trees.depth):
+        lo, hi = 1 << level, 2 << level
+        children = trees.tree[:, 2 * lo:2 * hi:2] + trees.tree[:, 2 * lo + 1:2 * hi:2]
+        torch.testing.assert_close(trees.tree[:, lo:hi], children)
+
+
+def test_draws_follow_the_exact_distribution() -> None:
+    """Chi-square goodness of fit of 200,000 draws (fixed seed) against the exact P(i)."""
+    pool, _ = _busy_pool(seed=3)
+    sampler = pool.sampler
+    assert isinstance(sampler, SSDSampler)
+    expected = _reference_probabilities(sampler, pool).double()
+    assert float(expected.max() / expected.min()) > 5  # far from uniform, or the test proves little
+    torch.manual_seed(7)
+    draws = 200_000
+    counts = torch.bincount(torch.cat([sampler.sample(pool, 10_000) for _ in range(draws // 10_000)]),
+                            minlength=len(expected)).double()
+    assert len(counts) == len(expected)
+    chi2 = float(((counts - draws * expected) ** 2 / (draws * expected)).sum())
+    df = len(expected) - 1
+    critical = df * (1 - 2 / (9 * df) + 3.09 * (2 / (9 * df)) ** 0.5) ** 3  # Wilson-Hilferty, p = 0.001
+    assert chi2 < critical, (chi2, critical)
+    # and the test has power: a distribution that only doubles the untrained entries' share is rejected
+    wrong = expected.clone()
+    unvisited = ~sampler.visited
+    assert unvisited.any()
+    wrong[unvisited] *= 2
+    wrong /= wrong.sum()
+    assert float(((counts - draws * wrong) ** 2 / (draws * wrong)).sum()) > critical
+
+
+def test_new_samples_get_the_largest_priority_seen() -> None:
+    pool = _pool(per_class=5, cap=40)
+    sampler = pool.sampler
+    assert isinstance(sampler, SSDSampler)
+    pool.sample(4)
+    pool.feedback(torch.arange(20), torch.full((20,), 4.0))
+    pool.feedback(torch.arange(20), torch.full((20,), 0.5))  # losses fell, the running maximum stays
+    labels = torch.arange(C)
+    pool.add(torch.ones(C, 1, 2, 2), labels, _spread_logits(labels, [1.0] * C, seed=5))
+    probs = sampler.sample_probabilities(pool)
+    ratio = ((4.0 + 1e-3) / (0.5 + 1e-3)) ** sampler.priority_power
+    torch.testing.assert_close(probs[20:] / probs[:20:5], torch.full((C,), ratio))
 
 
 def test_distillation_loop_runs_with_ssd_sampling(tiny_teacher, tiny_condensed, engine_data, tmp_path) -> None:
@@ -150,4 +262,40 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path) -> None:
 
     full = run(tmp_path / "full", 4)
     run(tmp_path / "part", 2)
-    assert run(tmp_path / "part", 4, resume=True) == full  # priorities, visits and fingerprints restored
+    assert run(tmp_path / "part", 4, resume=True) == full  # priorities, visits and the running maximum restored
+
+
+def test_a_write_right_after_loading_a_state_continues_exactly() -> None:
+    """Resume, then the pool overwrites slots before the first draw: the sampler must end up where the
+    uninterrupted one is (overwritten slots forgotten under the labels their losses were summed with)."""
+    torch.manual_seed(0)
+    cond_labels = torch.arange(6) % C
+    condensed = (torch.randn(6, 1, 2, 2), cond_labels, torch.randn(6, C))
+
+    def make() -> SamplePool:
+        return SamplePool(cap=24, policy="reservoir", sampler="ssd", condensed=condensed)
+
+    original = make()
+    for _ in range(3):
+        original.add(torch.randn(16, 1, 2, 2), torch.randint(C, (16,)), torch.randn(16, C))
+        for _ in range(3):
+            batch = original.sample(32)
+            original.feedback(batch.indices, torch.rand(32) * 2)
+    resumed = make()
+    resumed.load_state_dict(original.state_dict())
+    rng = torch.get_rng_state()
+
+    def carry_on(pool: SamplePool) -> list[torch.Tensor]:
+        torch.set_rng_state(rng)
+        pool.add(torch.ones(16, 1, 2, 2), torch.arange(16) % C, torch.randn(16, C, generator=torch.Generator()))
+        drawn = []
+        for _ in range(3):
+            drawn.append(pool.sample(32).indices)
+            pool.feedback(drawn[-1], torch.rand(32))
+        return drawn
+
+    assert all(torch.equal(a, b) for a, b in zip(carry_on(original), carry_on(resumed), strict=True))
+    a, b = original.sampler, resumed.sampler
+    assert isinstance(a, SSDSampler) and isinstance(b, SSDSampler)
+    assert torch.equal(a.loss_sum, b.loss_sum) and torch.equal(a.visit_count, b.visit_count)
+    assert a.trees is not None and b.trees is not None and torch.equal(a.trees.tree, b.trees.tree)

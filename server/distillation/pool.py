@@ -55,6 +55,11 @@ class Sampler(ABC):
         """Per-sample KD losses of the batch just trained on (for difficulty-aware samplers)."""
         del indices, losses
 
+    def written(self, pool: SamplePool, indices: torch.Tensor) -> None:
+        """``pool`` just stored new samples at these pool indices (new or overwritten slots), so stateful
+        samplers update only what changed instead of rescanning the pool every KD step."""
+        del pool, indices
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 
@@ -138,6 +143,7 @@ class SamplePool:
             self.images[target] = images[keep.to(images.device)]
             self.labels[target] = labels[keep.to(labels.device)]
             self.logits[target] = teacher_logits[keep.to(teacher_logits.device)]
+            self.sampler.written(self, self.num_condensed + slots[keep])
 
     def _slot(self) -> int:
         """Where the next offered sample goes (-1: discarded, reservoir only)."""
