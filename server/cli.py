@@ -18,6 +18,7 @@ The test split comes from the teacher's dataset (``--data-root`` says where its 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +46,16 @@ def add_cli(subparsers: Any) -> None:
     distill.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                          help="config override, e.g. distill.fa_weight=2 (repeatable)")
     distill.add_argument("--export", default="", metavar="FORMATS",
-                         help="also export the student (comma list of safetensors,torchscript,onnx) to <out>/export")
+                         help="also export the student (comma list of safetensors,torchscript,pt2,onnx) to "
+                         "<out>/export")
     distill.add_argument("--no-progress", action="store_true")
     distill.set_defaults(handler=run_distill)
 
     export = subparsers.add_parser("export", help="export a student checkpoint to safetensors, TorchScript, ONNX")
     export.add_argument("--checkpoint", required=True, help="student checkpoint directory (e.g. <run>/student)")
     export.add_argument("--out", required=True, help="output directory (replaced atomically after verification)")
-    export.add_argument("--formats", default="safetensors,torchscript,onnx")
+    export.add_argument("--formats", default="safetensors,torchscript,pt2,onnx",
+                        help="comma list of safetensors, torchscript, pt2 (torch.export), onnx (default: all)")
     export.add_argument("--tolerance", type=float, default=1e-4, help="max abs output difference allowed")
     export.set_defaults(handler=run_export)
 
@@ -137,6 +140,12 @@ def _export(checkpoint: Path, out: Path, formats: list[str], tolerance: float) -
     records = export_student(model, card, out, [f.strip() for f in formats if f.strip()], tolerance)
     for record in records:
         print(f"wrote {record.format:12s} {record.path} (max abs diff {record.max_abs_diff:.2e})")
+    manifest = json.loads((out / "export.json").read_text(encoding="utf-8"))
+    contract = manifest["input"]
+    print(f"files in {out}: {', '.join(manifest['files'])} (each model file stands alone)")
+    shape = " x ".join(str(d) for d in contract["shape"])
+    print(f"input: {shape} float32, (pixels in [0, 1] - mean {contract['mean']}) / std {contract['std']}; "
+          f"classes: {', '.join(manifest['class_names'])}; see {out / 'export.json'}")
 
 
 def run_export(args: argparse.Namespace) -> int:
