@@ -137,6 +137,40 @@ def test_synthesize_fills_the_bank_and_logs_every_term(tiny_teacher, tiny_conden
     assert torch.equal(other.bank.negatives(), method.bank.negatives())
 
 
+def test_bank_draws_distinct_negatives_without_replacement() -> None:
+    bank = MemoryBank(capacity=50, dim=2, device=torch.device("cpu"))
+    bank.push(torch.arange(20.0).view(20, 1).repeat(1, 2))
+    assert torch.equal(bank.negatives(32), bank.negatives())  # fewer stored than asked: all of them
+    torch.manual_seed(0)
+    first, second = bank.negatives(8), bank.negatives(8)
+    assert first.shape == (8, 2) and len(set(first[:, 0].tolist())) == 8  # distinct rows of the bank
+    assert set(first[:, 0].tolist()) <= set(range(20)) and not torch.equal(first, second)  # drawn anew
+
+
+def test_each_step_contrasts_against_cmi_negatives_bank_entries(tiny_teacher, monkeypatch) -> None:
+    import server.inversion.cmi as cmi
+
+    seen: list[int] = []
+    real = cmi.info_nce
+
+    def spy(anchor, positive, negatives, temperature):
+        seen.append(negatives.shape[0])
+        return real(anchor, positive, negatives, temperature)
+
+    monkeypatch.setattr(cmi, "info_nce", spy)
+    torch.manual_seed(0)
+    method = make_method(tiny_teacher, cmi_negatives=8)
+    for _ in range(3):
+        method.synthesize()
+    assert len(method.bank) == 30  # 3 x 12 pushed, capped
+    assert seen == [0, 0, 8, 8, 8, 8]  # empty bank, then 12 and 24 stored: 8 drawn per step (g_steps 2)
+
+
+def test_cmi_negatives_is_validated() -> None:
+    with pytest.raises(ConfigError, match=r"distill\.cmi_negatives"):
+        DistillConfig(cmi_negatives=0).validate()
+
+
 @pytest.mark.parametrize("reset", [True, False])
 def test_reset_generator_mode_reinitialises_every_batch(tiny_teacher, reset: bool) -> None:
     torch.manual_seed(0)

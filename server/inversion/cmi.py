@@ -11,8 +11,19 @@ from the others and from earlier batches, against mode collapse:
   layer's input, standardised by that layer's running statistics, concatenated) followed by a small MLP
   head trained together with the generator;
 * InfoNCE: the local view of image i must pick the global view of image i among the global views of the
-  batch and the ``cmi_bank_size`` most recent embeddings in a FIFO memory bank of earlier batches
-  (``cmi_temperature``), weighted by ``cmi_weight``.
+  batch and ``cmi_negatives`` embeddings drawn (without replacement, anew every generator step) from a
+  FIFO memory bank of the ``cmi_bank_size`` most recent embeddings of earlier batches
+  (``cmi_temperature``), weighted by ``cmi_weight``. Both defaults are CMI's (``bank_size`` 40960,
+  ``n_neg`` 4096).
+
+Cost per generator step (issue 10.4): the head and the B x (B + M) similarity matrix scale with the M
+negatives, so running them over the whole bank made the bank size a per-step cost. Measured 2026-12-01
+13:49 UTC, one thread, load average 7 (a benchmark on both cores), FMNIST teacher, default config, bank
+full at 40960, ``/tmp/micro_cmi_step.py`` (3 x ``synthesize()``, g_steps 2): 3206 ms per generator step
+with all 40960 embeddings as negatives, 1720 ms with 4096 drawn, 1721 ms with 1024, 1642 ms with 256.
+The head alone (``/tmp/micro_cmi.py``, 13:48 UTC): 42 ms over 4096 drawn negatives, 398 ms over 40960,
+beside 216 ms for the teacher's forward + backward of the batch of 256. Fewer negatives than CMI's buy
+little, so its 4096 stay; the bank keeps 10x more history than the old 4096 at the old per-step cost.
 
 Fang et al. re-initialise the generator for every batch and optimise it with the latent codes for
 hundreds of steps; ``cmi_reset_generator=true`` does that (with the latents optimised at ``lr_latent``).
@@ -124,8 +135,13 @@ class MemoryBank:
         self.next = int((self.next + embeddings.shape[0]) % self.capacity)
         self.size = min(self.capacity, self.size + embeddings.shape[0])
 
-    def negatives(self) -> torch.Tensor:
-        return self.data[: self.size]
+    def negatives(self, count: int | None = None) -> torch.Tensor:
+        """All stored embeddings, or ``count`` of them drawn without replacement when the bank holds more
+        (CMI's ``n_neg``: the head's per-step cost follows ``count``, not the bank size)."""
+        if count is None or self.size <= count:
+            return self.data[: self.size]
+        chosen = torch.randperm(self.size)[:count]
+        return self.data[chosen.to(self.data.device)]
 
     def state_dict(self) -> dict[str, Any]:
         return {"data": self.data[: self.size].clone(), "size": self.size, "next": self.next}
@@ -202,7 +218,7 @@ class ContrastiveModelInversion(InversionMethod):
         raw_global, raw_local = raw[:n], raw[n:]
         self._last_global = raw_global.detach()
         with torch.no_grad():
-            keys, negatives = self.head(raw_global), self.head(self.bank.negatives())
+            keys, negatives = self.head(raw_global), self.head(self.bank.negatives(cfg.cmi_negatives))
         loss = info_nce(self.head(raw_local), keys, negatives, cfg.cmi_temperature)
         return {"cr": cfg.cmi_weight * loss}
 

@@ -85,7 +85,8 @@ class DistillConfig:
     grid_every: int = 100  # epochs between PNG grids of synthetic vs condensed images (0 = only at the end)
     # Engine breadth (issue 6; docs/engine-breadth.md). base=cmi: contrastive model inversion.
     cmi_weight: float = 0.5  # weight of the InfoNCE term in the generator loss
-    cmi_bank_size: int = 4096  # memory bank of earlier embeddings (negatives), FIFO
+    cmi_bank_size: int = 40960  # memory bank of earlier embeddings, FIFO (CMI's bank_size)
+    cmi_negatives: int = 4096  # bank embeddings drawn as InfoNCE negatives per generator step (CMI's n_neg)
     cmi_temperature: float = 0.1  # InfoNCE temperature
     cmi_head_dim: int = 128  # output size of the MLP head over per-BN-layer instance means
     cmi_reset_generator: bool = False  # re-initialise the generator every batch (Fang et al.; needs many g_steps)
@@ -130,7 +131,7 @@ class DistillConfig:
                 raise ConfigError(f"distill.{name}={getattr(self, name)!r} must be >= 0")
         if self.epochs == 0 and self.budget_seconds == 0:
             raise ConfigError("distill.epochs and distill.budget_seconds are both 0 (no limit); set one of them")
-        for name in ("cmi_bank_size", "cmi_head_dim", "vae_latent_dim", "vae_width", "vae_steps"):
+        for name in ("cmi_bank_size", "cmi_negatives", "cmi_head_dim", "vae_latent_dim", "vae_width", "vae_steps"):
             _at_least(name, getattr(self, name), 1)
         for name, low, high in (("cmi_weight", 0, None), ("cmi_temperature", None, None), ("vae_lr", None, None),
                                 ("vae_replay_fraction", 0, 1), ("bn_momentum", 0, 0.999),
