@@ -12,7 +12,7 @@ field can be swept with Hydra's multirun syntax. The number of simulated SuperNo
     python -m simulations.run -m condense.method=real,dm data.few_shot=10  # real few-shot vs condensed
     python -m simulations.run -m condense.ipc=1,10,50                     # images per class
     python -m simulations.run -m condense.method=dp-dm condense.epsilon=1,10  # privacy budget
-    python -m simulations.run -m distill.base=fast,deepinversion distill.mode=mi+cs,mi*  # base, guided or not
+    python -m simulations.run -m distill.base=fast,cmi distill.mode=mi+cs,mi*  # base, guided or not
 
 Each job writes its run report (``report.json`` / ``report.md``) into its Hydra output directory; the sweep
 directory (``multirun/<date>/<time>``, or the single run's directory) collects ``results.jsonl`` and the

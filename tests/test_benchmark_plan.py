@@ -39,7 +39,7 @@ def record(case: str, accuracy: float, seed: int = 0, condensed: str | None = SE
 def test_case_names_are_unique_and_cover_the_issues() -> None:
     names = [c.name for c in plan.core_cases() + breadth_cases() + plan.ipc1_cases()]
     assert len(names) == len(set(names))
-    assert {"none:cs-only", "fast:mi*", "deepinversion:mi+cs", "full", "full-kd", "cmi:mi*",
+    assert {"none:cs-only", "fast:mi*", "generative-deepinversion:mi+cs", "full", "full-kd", "cmi:mi*",
             "fast:mi@replay=generative", "fast:mi*@replay=generative,budget=x2", "fast:mi*@sampler=ssd,synthetic=1/4",
             "fast:mi*@kd_loss=kl_logit_std", "fast:mi*@ipc1", "fast:mi@ipc1"} <= set(names)
 

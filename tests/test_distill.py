@@ -128,7 +128,7 @@ def test_pool_every_keeps_every_kth_batch(tiny_teacher, tiny_condensed, engine_d
     assert result.synthetic_seen == 3 * 16 and result.pool_size == len(tiny_condensed) + 3 * 16  # epochs 1, 3, 5
 
 
-@pytest.mark.parametrize(("mode", "base"), [("cs-only", "fast"), ("mi", "deepinversion"), ("mi+cs", "fast")])
+@pytest.mark.parametrize(("mode", "base"), [("cs-only", "fast"), ("mi", "generative-deepinversion"), ("mi+cs", "fast")])
 def test_modes(tiny_teacher, tiny_condensed, engine_data, tmp_path, mode: str, base: str) -> None:
     distiller, result = run(tiny_teacher, tiny_condensed, engine_data[1], tmp_path / mode, mode=mode, base=base,
                             epochs=2, checkpoint_every=0, grid_every=0)
@@ -141,10 +141,10 @@ def test_modes(tiny_teacher, tiny_condensed, engine_data, tmp_path, mode: str, b
 
 def test_resume_reproduces_next_losses(tiny_teacher, tiny_condensed, engine_data, tmp_path) -> None:
     full_dir, part_dir = tmp_path / "full", tmp_path / "part"
-    run(tiny_teacher, tiny_condensed, engine_data[1], full_dir, epochs=4, base="deepinversion")
-    run(tiny_teacher, tiny_condensed, engine_data[1], part_dir, epochs=2, base="deepinversion")
+    run(tiny_teacher, tiny_condensed, engine_data[1], full_dir, epochs=4, base="generative-deepinversion")
+    run(tiny_teacher, tiny_condensed, engine_data[1], part_dir, epochs=2, base="generative-deepinversion")
     distiller, _ = run(tiny_teacher, tiny_condensed, engine_data[1], part_dir, resume=True, epochs=4,
-                       base="deepinversion")
+                       base="generative-deepinversion")
     assert distiller.epoch == 4
 
     def losses(path):

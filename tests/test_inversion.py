@@ -105,8 +105,8 @@ def test_diffaugment_shapes_gradients_and_effects() -> None:
 
 
 def test_registry_lists_methods() -> None:
-    assert {"deepinversion", "fast"} <= set(inversion_methods.names())
-    with pytest.raises(UnknownNameError, match="deepinversion"):
+    assert {"generative-deepinversion", "fast"} <= set(inversion_methods.names())
+    with pytest.raises(UnknownNameError, match="generative-deepinversion"):
         inversion_methods.get("nope")
 
 
@@ -118,7 +118,7 @@ def test_each_loss_term_finite_and_differentiable(teacher, condensed) -> None:
     with torch.no_grad():
         ctx.student.head.weight.add_(0.3 * torch.randn_like(ctx.student.head.weight))
     ctx.student.eval()
-    method = build_method("deepinversion", ctx)
+    method = build_method("generative-deepinversion", ctx)
     images = ctx.generator(ctx.generator.sample_latent(20))
     total, terms, t_logits = method.generator_loss(images, method.sample_targets())
     assert set(terms) == {"bn", "oh", "adv", "fa"}
@@ -146,7 +146,7 @@ def test_adversarial_term_off_during_warmup(teacher, condensed) -> None:
 
 def test_discriminator_gets_three_input_types(teacher, condensed) -> None:
     ctx = make_ctx(teacher, condensed, guided=True)
-    method = build_method("deepinversion", ctx)
+    method = build_method("generative-deepinversion", ctx)
     before = [p.clone() for p in ctx.guidance.discriminator.parameters()]
     batch = method.synthesize()
     inputs = ctx.guidance.last_inputs
@@ -182,7 +182,7 @@ def test_discriminator_learns_condensed_vs_wrong_labels(teacher, condensed) -> N
 
 
 @pytest.mark.parametrize("conditional", [False, True])
-@pytest.mark.parametrize("name", ["deepinversion", "fast"])
+@pytest.mark.parametrize("name", ["generative-deepinversion", "fast"])
 def test_methods_update_the_shared_generator(teacher, condensed, name: str, conditional: bool) -> None:
     ctx = make_ctx(teacher, condensed, guided=False, conditional=conditional)
     method = build_method(name, ctx)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 CORE_FAST_STAR = "fast:mi*"  # the core case whose synthetic-sample count sizes the SSD cases
-BASES = ("fast", "deepinversion")
+BASES = ("fast", "generative-deepinversion")
 MODES = ("mi", "mi+cs", "mi*")
 CEILINGS = ("full", "full-kd")  # need no condensed set: labels, or teacher logits, on the full training set
 DEFAULT_SET = "dm-ipc10"  # the primary condensed set when none is given (DM IPC 10, made on the fly)

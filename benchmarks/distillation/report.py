@@ -57,8 +57,9 @@ def is_variant(record: Record) -> bool:
 
 
 def is_core(record: Record) -> bool:
-    """One of issue 4's distillation cases (cs-only, or fast / deepinversion without options)."""
-    return not is_variant(record) and not is_ceiling(record) and record["base"] in ("none", "fast", "deepinversion")
+    """One of issue 4's distillation cases (cs-only, or fast / generative-deepinversion without options)."""
+    core_bases = ("none", "fast", "generative-deepinversion")
+    return not is_variant(record) and not is_ceiling(record) and record["base"] in core_bases
 
 
 def _forward_backward(runs: list[Record]) -> float | None:

@@ -27,7 +27,7 @@ little, so its 4096 stay; the bank keeps 10x more history than the old 4096 at t
 
 Fang et al. re-initialise the generator for every batch and optimise it with the latent codes for
 hundreds of steps; ``cmi_reset_generator=true`` does that (with the latents optimised at ``lr_latent``).
-The default keeps one persistent generator (as ``deepinversion`` does), because a CPU budget allows only a
+The default keeps one persistent generator (as ``generative-deepinversion`` does), because a CPU budget allows only a
 few generator steps per batch. The memory bank stores the raw embeddings (before the head), so the current
 head maps old and new samples alike."""
 
@@ -179,7 +179,8 @@ class ContrastiveModelInversion(InversionMethod):
         super().__init__(ctx)
         if not self.bn_stats.layers:
             raise ConfigError("distill.base=cmi embeds images by the teacher's BatchNorm inputs, but the teacher "
-                              "has none (or is TorchScript); use base=fast or deepinversion, or a BN teacher")
+                              "has none (or is TorchScript); use base=fast or generative-deepinversion, "
+                              "or a BN teacher")
         cfg = ctx.cfg
         self.embed = InstanceMeans(self.bn_stats.layers)
         self.head = projection_head(self.embed.dim, cfg.cmi_head_dim).to(ctx.device)

@@ -1,10 +1,11 @@
-"""``deepinversion``: a persistent generator trained with DeepInversion's objective.
+"""``generative-deepinversion``: a persistent generator trained with DeepInversion's objective (``deepinversion``
+is Yin et al.'s own method: pixels optimised per batch).
 
 Each ``synthesize()`` draws fresh latent codes and balanced pseudo-classes and takes ``g_steps`` Adam
 steps on the shared generator with BN-statistics matching + one-hot cross-entropy + the adversarial
 student-teacher disagreement term (off during warm-up), plus L_FA when guided. The images of the last
-step are the new batch (generator-based DeepInversion, as in DAFL/DFAD-style data-free KD; Yin et al.
-2020 optimise pixels directly, which is far too slow on CPU)."""
+step are the new batch (generator-based DeepInversion, as in DAFL/DFAD-style data-free KD). Called
+``deepinversion`` until 2026-12-01: benchmark figures labelled so before then are this method."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ import torch
 from server.inversion.base import InversionContext, InversionMethod, SyntheticBatch, inversion_methods
 
 
-@inversion_methods.register("deepinversion")
-class DeepInversion(InversionMethod):
-    name = "deepinversion"
+@inversion_methods.register("generative-deepinversion")
+class GenerativeDeepInversion(InversionMethod):
+    name = "generative-deepinversion"
 
     def __init__(self, ctx: InversionContext) -> None:
         super().__init__(ctx)
