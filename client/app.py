@@ -5,7 +5,8 @@
   condense its training part with the requested method / IPC / privacy
   budget (``client.condense``), charge the run to the site's privacy ledger and reply with the payload
   (``shared.wire``: ArrayRecord + ConfigRecord metadata + MetricRecord with epsilon and time; the local
-  train/test counts only for non-DP payloads).
+  train/test counts only for non-DP payloads; with a ``policy-max-mia-auc`` / ``policy-max-memorization``
+  threshold, the payload is audited first and refused above it, and its ``audit-*`` figures are sent).
 * ``evaluate``: rebuild the student the server sent and report its accuracy on the node's held-out data
   (unless the policy says ``policy-evaluate=false``; a DP-only site leaves out the number of examples).
 
@@ -126,6 +127,8 @@ def condense_content(data: LocalData, cfg: CondexConfig, guard: PolicyGuard | No
     }
     if not dp:  # exact counts are not covered by a DP budget: a DP reply leaves them out
         metrics |= {"local-train": len(data.train), "local-test": len(data.test)}
+    # a policy audit threshold: audit against the held-out part, refuse above it, else report the figures
+    metrics |= guard.audit(payload, data.train, data.test)
     content = wire.payload_to_content(payload, metrics, {"source": data.source})
     check_nothing_private(content, dp)
     guard.release(payload, note=data.source)

@@ -10,6 +10,11 @@ ClientApp fixed. ``PolicyGuard`` applies it to one condense run, in three places
    noise multiplier, the sample rate, every planned release) and its epsilon, against the per-run bound
    and, composed with the ledger, against the lifetime budget, so a run that could not be released is not
    even started;
+2b. ``audit`` (only when the policy sets ``policy-max-mia-auc`` / ``policy-max-memorization``): the
+   payload as the server will decode it, audited against the site's training (member) and held-out
+   (non-member) images (``shared.privacy.audit``: pixel-space memorisation and the distance attack; no
+   shadows, which would cost several condensations), refused above a threshold; its ``audit-*`` figures
+   go into the reply's metrics;
 3. ``release``: the payload actually produced (its mechanism is at most the planned one: a time budget
    only removes steps), checked again and charged to the ledger under its lock. Only then is the payload
    sent (or written, for ``condex condense``). A run that fails or is refused before this point released
@@ -25,7 +30,7 @@ from client.task import is_deployed
 from shared.config.condense import CondenseConfig
 from shared.config.policy import DEPLOYED, POLICY_PREFIX, SIMULATED, PolicyRefusal, SitePolicy, parse_policy
 from shared.data import LabeledImages
-from shared.errors import CondexError
+from shared.errors import CondexError, DataError
 from shared.payload import CondensedPayload
 from shared.privacy import LedgerEntry, Mechanism, PrivacyLedger, compose, lifetime_epsilon, plan_privacy
 from shared.privacy.ledger import ACCOUNTANT, Charge
@@ -87,6 +92,20 @@ class PolicyGuard:
             if not charge.after <= budget:
                 raise self._lifetime_refusal(charge, epsilon, cfg.delta)
         return mechanism
+
+    def audit(self, payload: CondensedPayload, train: LabeledImages, test: LabeledImages) -> dict[str, float]:
+        """Audit ``payload`` when the policy sets a threshold, refuse it above one (``PolicyRefusal``), and
+        return the ``audit-*`` metrics for the reply; ``{}`` without a threshold (no audit is run)."""
+        if not self.policy.audits:
+            return {}
+        from shared.privacy.audit import audit_payload
+
+        if len(test) == 0:
+            raise DataError("policy-max-mia-auc / policy-max-memorization need held-out images at the site to audit "
+                            "against; set data.test_fraction > 0 or give the site a test split")
+        report = audit_payload(payload.released().images, train, test)
+        self.policy.check_audit(report.max_auc, report.max_share)
+        return report.metrics()
 
     def release(self, payload: CondensedPayload, note: str = "") -> Charge | None:
         """Final check of the produced payload, then the ledger charge (under its lock). Call it right before

@@ -17,6 +17,7 @@ from shared.errors import CondexError
 COMMANDS = {
     "teacher": ("server.teacher", "train, evaluate or import the server's teacher model"),
     "condense": ("client.condense.cli", "condense a site's images into a few (optionally DP) samples per class"),
+    "audit": ("client.audit_cli", "measure what a payload (and a student) reveals about the site's images"),
     "distill": ("server.cli", "guided model inversion + KD of a student from a teacher"),
     "export": ("server.cli", "export a student checkpoint to safetensors, TorchScript, ONNX"),
 }

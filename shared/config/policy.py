@@ -16,6 +16,11 @@ server's request can set or relax it (their ``policy.*`` keys are unknown config
 | ``policy-lifetime-delta`` | the delta at which the lifetime epsilon is computed | 1e-5 | 1e-5 |
 | ``policy-ledger`` | the file that records every released run (needed for a lifetime budget) | none | none |
 | ``policy-evaluate`` | answer ``evaluate`` requests (accuracy on held-out data, not DP) | true | true |
+| ``policy-max-mia-auc`` | audit each payload; refuse it when a membership attack's AUC exceeds this | none | none |
+| ``policy-max-memorization`` | audit each payload; refuse it when a larger share of it is memorised | none | none |
+
+With an audit threshold the site runs ``shared.privacy.audit`` on each payload before sending it (training
+vs held-out images; "memorised": closer to a training image than 95% of held-out images are).
 
 "none" (the string) means no bound. A key left out takes the default of the kind of site: *deployed*
 (its own data, ``data-dir`` in the node config, or ``condex condense --dataset folder``) or *simulated*
@@ -64,6 +69,8 @@ class SitePolicy:
     lifetime_delta: float = 1e-5
     ledger: str | None = None
     evaluate: bool = True
+    max_mia_auc: float | None = None  # shared.privacy.audit: AuditReport.max_auc
+    max_memorization: float | None = None  # shared.privacy.audit: AuditReport.max_share
     kind: str = SIMULATED  # which defaults filled the keys the site left out
 
     # ---- the checks ------------------------------------------------------------------------------------
@@ -103,20 +110,42 @@ class SitePolicy:
             raise PolicyRefusal("policy-evaluate", False, "this site does not evaluate students on its held-out "
                                 "data (an accuracy on private data is not a DP release)")
 
+    @property
+    def audits(self) -> bool:
+        """Whether the site audits each payload before sending it (a threshold is set)."""
+        return self.max_mia_auc is not None or self.max_memorization is not None
+
+    def check_audit(self, auc: float | None, share: float | None) -> None:
+        """Refuse a payload whose audit (``AuditReport.max_auc`` / ``max_share``) exceeds a threshold."""
+        if self.max_mia_auc is not None and (auc is None or not auc <= self.max_mia_auc):
+            raise PolicyRefusal("policy-max-mia-auc", self.max_mia_auc,
+                                f"the payload's strongest membership-inference attack has AUC {_fmt(auc)} on the "
+                                "site's training vs held-out images; it must not leave (condense with a DP method "
+                                "or a smaller epsilon)")
+        if self.max_memorization is not None and (share is None or not share <= self.max_memorization):
+            raise PolicyRefusal("policy-max-memorization", self.max_memorization,
+                                f"{_fmt(share)} of the payload's images are closer to a training image than 95% of "
+                                "held-out images are; it must not leave (condense with a DP method or init=noise)")
+
     def _dp_methods(self) -> list[str]:
         return [m for m in self.methods if m in DP_METHODS]
 
     # ---- description -----------------------------------------------------------------------------------
     def to_node_config(self) -> dict[str, str]:
         """The policy as ``policy-*`` keys (what a log line or the CLI prints)."""
-        return {key: format_value(getattr(self, name)) for key, name in KEYS.items()}
+        return {key: format_value(getattr(self, name)) for key, name in ALL_KEYS.items()}
 
     def describe(self) -> str:
         return f"{self.kind} site policy: " + " ".join(f"{k}={v}" for k, v in self.to_node_config().items())
 
 
-# node-config key -> SitePolicy field
-KEYS = {f"{POLICY_PREFIX}{f.name.replace('_', '-')}": f.name for f in fields(SitePolicy) if f.name != "kind"}
+# node-config key -> SitePolicy field. The audit thresholds are kept apart (AUDIT_KEYS): `condex condense`
+# mirrors KEYS as flags and does not audit (`condex audit` takes the thresholds); every parser takes both.
+AUDIT_FIELDS = ("max_mia_auc", "max_memorization")
+KEYS = {f"{POLICY_PREFIX}{f.name.replace('_', '-')}": f.name for f in fields(SitePolicy)
+        if f.name != "kind" and f.name not in AUDIT_FIELDS}
+AUDIT_KEYS = {f"{POLICY_PREFIX}{name.replace('_', '-')}": name for name in AUDIT_FIELDS}
+ALL_KEYS = KEYS | AUDIT_KEYS
 
 
 def default_policy(kind: str) -> SitePolicy:
@@ -138,9 +167,9 @@ def parse_policy(values: Mapping[str, Any], kind: str, spell: str = "node config
     for key, value in values.items():
         if not key.startswith(POLICY_PREFIX):
             continue
-        if key not in KEYS:
-            raise ConfigError(f"{spell}: unknown policy key {key!r}; known keys: {', '.join(KEYS)}")
-        name = KEYS[key]
+        if key not in ALL_KEYS:
+            raise ConfigError(f"{spell}: unknown policy key {key!r}; known keys: {', '.join(ALL_KEYS)}")
+        name = ALL_KEYS[key]
         changes[name] = _PARSERS[name](_where(spell, key), value)
     policy = SitePolicy(**{f.name: getattr(base, f.name) for f in fields(SitePolicy)} | changes)
     return validate_policy(policy, spell)
@@ -180,7 +209,7 @@ def _key(name: str) -> str:
 
 
 def _where(spell: str, key: str) -> str:
-    return f"{spell} --{key}" if spell == "condex condense" else f"{spell} {key}"
+    return f"{spell} --{key}" if spell.startswith("condex ") else f"{spell} {key}"
 
 
 def _none(value: Any) -> bool:
@@ -259,6 +288,20 @@ def _ipc(where: str, value: Any) -> int | None:
     return int(number)
 
 
+def _fraction(where: str, value: Any) -> float | None:
+    if _none(value):
+        return None
+    fix = f"set a fraction in [0, 1], e.g. 0.6, or {NO_BOUND} for no bound"
+    number = _number(where, value, fix)
+    if not 0.0 <= number <= 1.0:
+        raise ConfigError(f"{where}={value!r} must be in [0, 1]; {fix}")
+    return number
+
+
+def _fmt(value: float | None) -> str:
+    return "unmeasured" if value is None else f"{value:.3g}"
+
+
 def _ledger(where: str, value: Any) -> str | None:
     if _none(value) or value == "":
         return None
@@ -270,5 +313,6 @@ def _ledger(where: str, value: Any) -> str | None:
 _PARSERS = {
     "methods": _methods, "require_dp": _bool, "max_epsilon": _epsilon, "max_delta": _max_delta, "max_ipc": _ipc,
     "lifetime_epsilon": _epsilon, "lifetime_delta": _delta, "ledger": _ledger, "evaluate": _bool,
+    "max_mia_auc": _fraction, "max_memorization": _fraction,
 }
-assert set(_PARSERS) == set(KEYS.values())
+assert set(_PARSERS) == set(ALL_KEYS.values())
