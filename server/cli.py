@@ -101,10 +101,13 @@ def _real_ipc(value: str) -> int:
 
 def run_distill(args: argparse.Namespace) -> int:
     from server.distillation import CondensedSet, Distiller, load_condensed
+    from server.run import fill_resume_arguments
     from shared.checkpoint import load_checkpoint
     from shared.device import select_device
     from shared.paths import resolve_path
 
+    if args.resume:  # --out is enough: the rest comes from <out>/run.json
+        fill_resume_arguments(args)
     cfg = _config(args)
     device = select_device(cfg.device)
     teacher_dir = Path(args.teacher) if args.teacher else resolve_path(
@@ -120,7 +123,10 @@ def run_distill(args: argparse.Namespace) -> int:
             condensed = load_condensed(args.condensed, card)
     test = teacher_split(card, "test", root, download)
     out = Path(args.out or Path(cfg.output_dir) / "distill")
-    provenance = {"teacher_checkpoint": str(teacher_dir)}
+    condensed_arg = args.condensed if not args.condensed or args.condensed.startswith("real:") else \
+        str(Path(args.condensed).resolve())  # absolute: run.json lets --resume find it from any directory
+    provenance = {"teacher_checkpoint": str(teacher_dir.resolve()), "condensed": condensed_arg,
+                  "data_root": args.data_root}
     distiller = Distiller(cfg.distill, teacher, card, condensed, test, out, device, cfg.seed,
                           progress=not args.no_progress, provenance=provenance)
     result = distiller.fit(resume=args.resume)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -57,6 +58,30 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
+
+
+# What atomic_write_bytes / atomic_path / atomic_dir leave behind when the process dies mid-write:
+# ".<name>.<8 random chars>[.tmp|<suffix>]" and atomic_dir's ".<name>.old" backup.
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?:[a-z0-9_]{8}(?:\.[A-Za-z0-9]+)?|old)$")
+
+
+def remove_stale_temps(directory: str | Path, recursive: bool = False) -> list[Path]:
+    """Delete the temporaries of interrupted atomic writes in ``directory`` (and its subfolders when
+    ``recursive``); only call it on directories condex owns and no other process is writing to."""
+    directory = Path(directory)
+    removed: list[Path] = []
+    if not directory.is_dir():
+        return removed
+    for entry in list(directory.iterdir()):
+        if _TEMP.match(entry.name):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
+        elif recursive and entry.is_dir() and not entry.is_symlink():
+            removed += remove_stale_temps(entry, recursive=True)
+    return removed
 
 
 @contextmanager

@@ -41,12 +41,13 @@ from server.run import (
     profiling,
     rng_state,
     set_rng_state,
+    tensors_sha256,
 )
 from shared.checkpoint import ModelCard, save_checkpoint
 from shared.config.distill import DistillConfig
 from shared.data import LabeledImages, denormalize, normalize
 from shared.device import seed_everything
-from shared.errors import ConfigError, PayloadError
+from shared.errors import CheckpointError, CondexError, ConfigError, PayloadError
 from shared.models import build_model
 from shared.progress import progress_bar
 from shared.train import augment_batch, evaluate
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
 
 # Config fields that may change between a run and its resumption (budgets and logging cadence only).
 RESUMABLE_CHANGES = {"epochs", "budget_seconds", "eval_every_seconds", "eval_samples", "checkpoint_every",
+                     "checkpoint_every_seconds",
                      "grid_every", "num_threads"}
 
 
@@ -178,6 +180,10 @@ class Distiller:
         if condensed is not None:
             condensed.check(card.num_classes, self.shape)
         self.condensed = condensed
+        # identifies the condensed set in the checkpoint: --resume refuses to continue on another one
+        self.condensed_sha256 = None if condensed is None else tensors_sha256(condensed.images, condensed.labels)
+        self.last_checkpoint = -math.inf  # train_seconds at the last save (time-based checkpoint cadence)
+        self.last_epoch_seconds = 0.0  # training seconds of the last epoch (predicts the next one)
         self.test = test
         self.run = RunDir(run_dir)
         self.provenance = provenance or {}
@@ -374,10 +380,27 @@ class Distiller:
             "guidance": None if self.guidance is None else self.guidance.state_dict(),
             "pool": self.pool.state_dict(), "rng": rng_state(),
             "compute_seconds": dict(self.profiler.seconds) if self.profiler is not None else self.compute_seconds,
+            "condensed_sha256": self.condensed_sha256,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved_set = state.get("condensed_sha256", self.condensed_sha256)  # older states carry no hash
+        if saved_set != self.condensed_sha256:
+            raise CheckpointError(f"--resume with a different condensed set than {self.run.state_file} was trained "
+                                  "on; resume with the original --condensed (or omit it: run.json names it) or "
+                                  "start a new --out")
+        try:
+            self._load_state(state)
+        except CondexError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
+            raise CheckpointError(f"checkpoint {self.run.state_file} does not fit this run ({type(exc).__name__}: "
+                                  f"{str(exc)[:300]}); delete it or start a new --out") from None
+
+    def _load_state(self, state: dict[str, Any]) -> None:
         saved, now = state["config"], dataclasses.asdict(self.cfg)
+        # a setting added after the state was written counts as unchanged while it keeps its default
+        saved = dataclasses.asdict(DistillConfig()) | saved
         changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
         if changed:
             detail = ", ".join(f"distill.{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
@@ -400,6 +423,17 @@ class Distiller:
     def save(self) -> None:
         with self.timer.phase("checkpoint"):
             self.run.save_state(self.state_dict())
+        self.last_checkpoint = self.train_seconds
+
+    def _checkpoint_due(self) -> bool:
+        """Every ``checkpoint_every`` epochs and whenever ``checkpoint_every_seconds`` of training went by since
+        the last save (so a kill loses at most that much, or one epoch if an epoch takes longer)."""
+        cfg = self.cfg
+        by_epoch = bool(cfg.checkpoint_every) and self.epoch % cfg.checkpoint_every == 0
+        # save now if the next epoch (as long as the last one) would take the unsaved training past the limit
+        unsaved_after_next = self.train_seconds - self.last_checkpoint + self.last_epoch_seconds
+        by_time = bool(cfg.checkpoint_every_seconds) and unsaved_after_next > cfg.checkpoint_every_seconds
+        return by_epoch or by_time
 
     def save_grids(self) -> None:
         """The last synthetic batch beside the condensed set (``grids/``) and the run's plots (``plots/``)."""
@@ -428,8 +462,11 @@ class Distiller:
         if resume:
             self.load_state_dict(self.run.load_state())
             self.run.truncate_metrics(self.epoch)
-        elif self.run.metrics_file.exists():
-            self.run.metrics_file.unlink()  # a fresh run in an old directory starts a fresh log
+            self.last_checkpoint = self.train_seconds
+        else:
+            if self.run.metrics_file.exists():
+                self.run.metrics_file.unlink()  # a fresh run in an old directory starts a fresh log
+            self._start_run()
         modules = {"teacher": self.teacher, "student": self.student}
         modules |= {"generator": self.generator} if self.generator is not None else {}
         modules |= {"discriminator": self.guidance.discriminator} if self.guidance is not None else {}
@@ -446,10 +483,19 @@ class Distiller:
             profiler.remove()
         return self._finish(profiler)
 
+    def _start_run(self) -> None:
+        """``run.json`` (what --resume needs besides --out) and a first checkpoint before any training, so a
+        run killed in its first epoch can resume too."""
+        self.run.write_run({"provenance": self.provenance, "seed": self.seed, "device": str(self.device),
+                            "distill": dataclasses.asdict(self.cfg), "condensed_sha256": self.condensed_sha256})
+        if self.cfg.checkpoint_every or self.cfg.checkpoint_every_seconds:
+            self.save()
+
     def _one_epoch(self, bar: Any) -> None:
         cfg = self.cfg
         before = self.train_seconds
         record = self.run_epoch()
+        self.last_epoch_seconds = self.train_seconds - before
         self.run.log(record)
         shown = {k: record[k] for k in ("kd_loss", "g_loss", "d_loss") if k in record}
         if self.train_seconds - self.last_eval >= cfg.eval_every_seconds:
@@ -457,7 +503,7 @@ class Distiller:
             if accuracy is not None:
                 shown["acc"] = accuracy
         bar.advance(1 if cfg.epochs else self.train_seconds - before, **shown)
-        if cfg.checkpoint_every and self.epoch % cfg.checkpoint_every == 0:
+        if self._checkpoint_due():
             self.save()
         if cfg.grid_every and self.epoch % cfg.grid_every == 0:
             self.save_grids()

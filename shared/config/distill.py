@@ -82,6 +82,8 @@ class DistillConfig:
     eval_every_seconds: float = 30.0
     eval_samples: int = 10000  # test images used for the periodic accuracy (final eval uses all)
     checkpoint_every: int = 50  # epochs between resumable checkpoints (0 = only at the end)
+    # ... and at most this many seconds of training between them (0 = by epochs only): what a kill -9 can cost
+    checkpoint_every_seconds: float = 60.0
     grid_every: int = 100  # epochs between PNG grids of synthetic vs condensed images (0 = only at the end)
     # Engine breadth (issue 6; docs/engine-breadth.md). base=cmi: contrastive model inversion.
     cmi_weight: float = 0.5  # weight of the InfoNCE term in the generator loss
@@ -126,7 +128,7 @@ class DistillConfig:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"distill.{name}={getattr(self, name)!r} must be > 0")
         for name in ("bn_weight", "oh_weight", "adv_weight", "fa_weight", "weight_decay", "budget_seconds",
-                     "eval_every_seconds"):
+                     "eval_every_seconds", "checkpoint_every_seconds"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"distill.{name}={getattr(self, name)!r} must be >= 0")
         if self.epochs == 0 and self.budget_seconds == 0:
