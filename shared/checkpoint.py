@@ -54,6 +54,13 @@ class ModelCard:
 
     def validate(self, source: str = "card") -> ModelCard:
         """Raise ``CheckpointError`` naming the first field that cannot be right."""
+        from shared.config.checks import check_types
+        from shared.errors import ConfigError
+
+        try:  # every field of its declared type first (a card is JSON from disk or the wire)
+            check_types(self, source)
+        except ConfigError as exc:
+            raise CheckpointError(f"{exc}; restore the card or re-create the checkpoint") from None
         if self.role not in ROLES:
             raise CheckpointError(f"{source}: role={self.role!r} must be one of {', '.join(ROLES)}")
         if self.format not in WEIGHTS_FILES:

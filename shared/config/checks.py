@@ -29,6 +29,10 @@ def check_value(key: str, value: Any, kind: Any) -> None:
             return
         args = [a for a in typing.get_args(kind) if a is not type(None)]
         return check_value(key, value, args[0])
+    if origin is dict or kind is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}={value!r} must be a mapping")
+        return
     if origin in (list, tuple):
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{key}={value!r} must be a list")
