@@ -128,21 +128,28 @@ def shadow_config(cfg: CondexConfig, payload: CondensedPayload, budget: float | 
     return apply_overrides(dataclasses.replace(cfg), values).validate().condense
 
 
-def shadow_condenser(condense_cfg: Any, device: str) -> Callable[[LabeledImages, int], CondensedPayload]:
+class ShadowCondenser:
     """Condense a half of the candidates like the payload was; cached by content, so the student's shadows
-    reuse the payload's shadows for the same halves."""
-    from client.condense import condense
+    reuse the payload's shadows for the same halves. ``made`` lists the shadow payloads (for the report)."""
 
-    cache: dict[str, CondensedPayload] = {}
+    def __init__(self, condense_cfg: Any, device: str) -> None:
+        self.cfg, self.device = condense_cfg, device
+        self.cache: dict[str, CondensedPayload] = {}
 
-    def run(half: LabeledImages, index: int) -> CondensedPayload:
+    def __call__(self, half: LabeledImages, index: int) -> CondensedPayload:
+        from client.condense import condense
+
         key = hashlib.sha256(half.images.numpy().tobytes() + half.labels.numpy().tobytes()).hexdigest()
-        if key not in cache:
-            cfg = dataclasses.replace(condense_cfg, seed=condense_cfg.seed + 1 + index)
-            cache[key] = condense(half, cfg, progress=False, device=device)
-        return cache[key]
+        if key not in self.cache:
+            cfg = dataclasses.replace(self.cfg, seed=self.cfg.seed + 1 + index)
+            self.cache[key] = condense(half, cfg, progress=False, device=self.device)
+        return self.cache[key]
 
-    return run
+    def summary(self) -> dict[str, Any]:
+        made = list(self.cache.values())
+        return {"shadow_iterations": [p.meta.iterations for p in made],
+                "shadow_seconds": [round(p.meta.wall_time_s, 1) for p in made],
+                "shadow_time_budget_s": self.cfg.time_budget_s}
 
 
 def shadow_student_trainer(card: Any, condense: Callable[[LabeledImages, int], CondensedPayload], epochs: int,
@@ -177,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
     cfg, members, non_members = load_site(args, payload)
     embed = load_teacher(args.teacher, members) if args.teacher else None
     need_shadows = args.shadows or args.student_shadows
-    condense = shadow_condenser(shadow_config(cfg, payload, args.shadow_time_budget), args.device) \
+    condense = ShadowCondenser(shadow_config(cfg, payload, args.shadow_time_budget), args.device) \
         if need_shadows else None
     steps = (2 if embed else 1) + args.shadows * (1 if condense else 0) + args.student_shadows
     with progress_bar(steps, "audit", enabled=not args.quiet) as bar:
@@ -188,6 +195,8 @@ def run(args: argparse.Namespace) -> int:
             report = attack_student(args, report, members, non_members, student_settings, condense, bar.advance)
     report.command = "condex audit " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["audit"] else report.command
     report.site["source"] = describe_site(args, cfg)
+    if condense is not None:
+        report.settings |= condense.summary()
     json_path, md_path = report.write(args.output)
     print(report.to_markdown())
     print(f"audit: {json_path}  summary: {md_path}")

@@ -207,3 +207,25 @@ def _message() -> object:
 
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
     return Message(wire.request_to_content({}), dst_node_id=1, message_type="query.condense")
+
+
+def test_condex_audit_attacks_a_student_checkpoint(tmp_path: Path, fmnist_train: LabeledImages,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from shared.checkpoint import card_for_dataset, save_checkpoint
+    from shared.cli import main
+    from shared.models import build_model
+
+    data = ["--dataset", "fashion_mnist", "--partition", "iid", "--partition-id", "1", "--few-shot", "5"]
+    payload = tmp_path / "site.safetensors"
+    assert main(["condense", *data, "--method", "real", "--ipc", "5", "--output", str(payload), "--quiet"]) == 0
+    torch.manual_seed(0)
+    student = tmp_path / "student"
+    save_checkpoint(student, build_model("resnet8", 10, 1, 28, width=4),
+                    card_for_dataset(fmnist_train.info, "resnet8", {"width": 4}, role="student"))
+    out = tmp_path / "audit.json"
+    assert main(["audit", "--payload", str(payload), *data, "--student", str(student), "--student-shadows", "2",
+                 "--student-shadow-epochs", "1", "--output", str(out), "--quiet"]) == 0
+    report = json.loads(out.read_text())
+    assert {a["name"] for a in report["student_attacks"]} == {"student/loss", "student/lira/online",
+                                                              "student/lira/offline"}
+    assert report["settings"]["shadow_iterations"] == [0, 0] and "student/loss" in capsys.readouterr().out
