@@ -129,7 +129,9 @@ def teacher_card(args: argparse.Namespace) -> Any:
 
     if args.mean is not None or args.std is not None:
         raise ConfigError("--teacher gives the normalisation already; leave out --mean/--std")
-    return ModelCard.read(Path(args.teacher).expanduser() / CARD_FILE)
+    from shared.paths import resolve_path
+
+    return ModelCard.read(resolve_path(args.teacher, "--teacher", "pass the teacher checkpoint directory") / CARD_FILE)
 
 
 def cli_stats(args: argparse.Namespace, card: Any = None) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
