@@ -110,7 +110,7 @@ def run_distill(args: argparse.Namespace) -> int:
         fill_resume_arguments(args)
     cfg = _config(args)
     device = select_device(cfg.device)
-    teacher_dir = Path(args.teacher) if args.teacher else resolve_path(
+    teacher_dir = resolve_path(args.teacher, "--teacher") if args.teacher else resolve_path(
         cfg.teacher.checkpoint, "teacher.checkpoint", "pass --teacher DIR")
     teacher, card = load_checkpoint(teacher_dir, device=device)
     condensed = None
