@@ -3,8 +3,8 @@ only ``--out`` each time, and report how much training every kill cost.
 
     .venv/bin/python scripts/kill_resume.py --out /tmp/kill-run --kill-after 8 25 50 --budget-seconds 60
 
-For each kill: the training seconds the process had reached (the last epoch it logged plus the epoch in
-flight, an upper bound from the wall clock) against the training seconds of the ``state.pt`` it left; then
+For each kill: the training seconds the process had logged (its last epoch line) against those of the
+``state.pt`` it left, and an upper bound that adds all wall time since its last metrics line; then
 ``--resume`` must finish the run, and no temp file may remain. Prints a JSON summary."""
 
 from __future__ import annotations
@@ -41,16 +41,17 @@ def last_logged(out: Path) -> tuple[int, float, float]:
     """(epoch, training seconds, wall time written) of the last complete epoch line in metrics.jsonl."""
     path = out / "metrics.jsonl"
     best = (0, 0.0, 0.0)
-    if not path.is_file():
-        return best
+    if not path.is_file():  # killed before the first epoch ended: training began when run.json was written
+        started = out / "run.json"
+        return 0, 0.0, started.stat().st_mtime if started.is_file() else time.time()
     for line in path.read_text(errors="replace").splitlines():
         try:
             record = json.loads(line)
         except ValueError:
             continue  # a torn last line
         if record.get("event") == "epoch":
-            best = (int(record["epoch"]), float(record["seconds"]), path.stat().st_mtime)
-    return best
+            best = (int(record["epoch"]), float(record["seconds"]), best[2])
+    return best[0], best[1], path.stat().st_mtime  # the file's last write: this segment's last line
 
 
 def temp_files(out: Path) -> list[str]:
@@ -93,17 +94,17 @@ def main() -> int:
             print(f"segment {i} ended by itself (exit {code}) before the kill", file=sys.stderr)
             break
         killed_at = time.time()
-        epoch_logged, seconds_logged, _ = last_logged(out)
+        epoch_logged, seconds_logged, logged_at = last_logged(out)
         saved = state_seconds(out)
-        state_file = out / "state.pt"
-        since_save = round(killed_at - state_file.stat().st_mtime, 1) if state_file.is_file() else None
+        # upper bound on what the kill cost: the logged training not in the checkpoint plus all the wall time
+        # (training, evaluation) since the last metrics line of this segment
+        bound = None if saved is None else round(seconds_logged - saved[1] + killed_at - logged_at, 1)
         kills.append({"kill_after_s": after, "last_logged_epoch": epoch_logged,
                       "last_logged_train_s": round(seconds_logged, 1),
                       "checkpoint_epoch": None if saved is None else saved[0],
                       "checkpoint_train_s": None if saved is None else round(saved[1], 1),
                       "lost_logged_train_s": None if saved is None else round(seconds_logged - saved[1], 1),
-                      # upper bound on what the kill cost: wall time (training, evaluation, start-up) since the save
-                      "wall_since_checkpoint_s": since_save,
+                      "lost_upper_bound_s": bound,
                       "temp_files_left": temp_files(out)})
     code, _ = run_until(resume, None, log)
     summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else {}

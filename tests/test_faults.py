@@ -262,3 +262,19 @@ def test_outcomes_judged_stay_in_the_report_when_the_run_fails(teacher: Path, tm
     assert saved["status"] == "failed" and "min_payload_fraction" in saved["error"]
     assert saved["payloads_accepted"] == 1 and saved["payloads_rejected"] == 1
     assert "node-metrics.local-test" in saved["rejections"][0]["reason"]
+
+
+def test_a_bad_run_config_fails_the_serverapp_before_any_node_is_queried(tmp_path: Path) -> None:
+    calls: list[int] = []
+    counting = ClientApp()
+
+    @counting.query("condense")
+    def condense(msg: Message, context: Context) -> Message:  # pragma: no cover - must never run
+        calls.append(msg.metadata.dst_node_id)
+        raise AssertionError("queried")
+
+    grid = LocalGrid({1: (counting, _site(0))}, run_config={})
+    app = server_app.build_app({"condense.ipc": True, "output-dir": str(tmp_path)})
+    with pytest.raises(RuntimeError, match=r"condense\.ipc=True must be an integer"):
+        app(grid, Context(1, 0, {}, RecordDict(), {}))
+    assert calls == []

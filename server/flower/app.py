@@ -67,7 +67,11 @@ def build_app(overrides: Mapping[str, Any] | None = None) -> ServerApp:
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        cfg = server_config(context.run_config, fixed)
+        try:  # a bad run config fails here, before any node is queried, with the field named
+            cfg = server_config(context.run_config, fixed)
+        except CondexError as exc:
+            say(f"run failed before the condense round: {type(exc).__name__}: {exc}")
+            raise RuntimeError(f"condex run failed: {exc}") from None
         report = run_job(grid, cfg, command=os.environ.get("CONDEX_COMMAND") or run_command(cfg))
         if report.status != "completed":  # mark the Flower run as failed; the report says why
             raise RuntimeError(f"condex run failed: {report.error}")
