@@ -128,7 +128,8 @@ def test_pool_every_keeps_every_kth_batch(tiny_teacher, tiny_condensed, engine_d
     assert result.synthetic_seen == 3 * 16 and result.pool_size == len(tiny_condensed) + 3 * 16  # epochs 1, 3, 5
 
 
-@pytest.mark.parametrize(("mode", "base"), [("cs-only", "fast"), ("mi", "generative-deepinversion"), ("mi+cs", "fast")])
+@pytest.mark.parametrize(("mode", "base"), [("cs-only", "fast"), ("mi", "generative-deepinversion"), ("mi+cs", "fast"),
+                                            ("mi+cs", "deepinversion"), ("mi", "cmi")])
 def test_modes(tiny_teacher, tiny_condensed, engine_data, tmp_path, mode: str, base: str) -> None:
     distiller, result = run(tiny_teacher, tiny_condensed, engine_data[1], tmp_path / mode, mode=mode, base=base,
                             epochs=2, checkpoint_every=0, grid_every=0)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from server.inversion import FeatureAlignment, Generator, InversionContext, build_method, inversion_methods
+from server.inversion.deepinversion import DeepInversion, competition_loss, jitter_and_flip, total_variation
 from server.inversion.generator import to_pixels
 from shared.augment.diffaugment import cutout, diff_augment, translation
 from shared.config.distill import DistillConfig
@@ -46,8 +47,9 @@ def condensed(fmnist):
 
 
 def make_ctx(teacher, condensed, guided: bool, conditional: bool = False, **overrides) -> InversionContext:
-    cfg = DistillConfig(synthesis_batch_size=20, generator_width=8, g_steps=2, warmup_epochs=0,
-                        mode="mi*" if guided else "mi", **overrides)
+    values = dict(synthesis_batch_size=20, generator_width=8, g_steps=2, warmup_epochs=0,
+                  mode="mi*" if guided else "mi")
+    cfg = DistillConfig(**(values | overrides))
     cfg.validate()
     gen = Generator(cfg.latent_dim, 1, 28, MEAN, STD, width=cfg.generator_width, num_classes=10 if conditional else 0)
     student = build_model("lenet5_half", 10, 1, 28)
@@ -105,7 +107,7 @@ def test_diffaugment_shapes_gradients_and_effects() -> None:
 
 
 def test_registry_lists_methods() -> None:
-    assert {"generative-deepinversion", "fast"} <= set(inversion_methods.names())
+    assert {"generative-deepinversion", "deepinversion", "fast", "cmi"} <= set(inversion_methods.names())
     with pytest.raises(UnknownNameError, match="generative-deepinversion"):
         inversion_methods.get("nope")
 
@@ -193,6 +195,90 @@ def test_methods_update_the_shared_generator(teacher, condensed, name: str, cond
     assert all(changed), f"{name}: some generator parameters did not move"
     state = method.state_dict()
     assert state and build_method(name, ctx).load_state_dict(state) is None
+
+
+# -- deepinversion: Yin et al.'s pixel optimisation ----------------------------------------------------
+
+def test_deepinversion_optimises_leaf_pixels_and_its_loss_falls(teacher, condensed) -> None:
+    torch.manual_seed(0)
+    ctx = make_ctx(teacher, condensed, guided=False, g_steps=40, adv_weight=0.0)
+    method = build_method("deepinversion", ctx)
+    assert isinstance(method, DeepInversion)
+    generator_before = [p.clone() for p in ctx.generator.parameters()]
+    batch = method.synthesize()
+    pixels = method.pixels
+    assert pixels is not None and pixels.is_leaf and pixels.requires_grad and pixels.grad is not None
+    assert pixels.shape == (20, 1, 28, 28)
+    history = method.history
+    assert len(history) == 40 and all(torch.isfinite(torch.tensor(history)))
+    assert sum(history[-5:]) / 5 < 0.6 * history[0], history  # the pixels fit the loss (jitter makes it noisy)
+    assert batch.losses["g_loss"] == pytest.approx(min(history))  # the lowest-loss step's images
+    # the run's generator is not what is optimised
+    assert all(torch.equal(a, b) for a, b in zip(generator_before, ctx.generator.parameters(), strict=True))
+    low, high = (0 - MEAN[0]) / STD[0], (1 - MEAN[0]) / STD[0]  # clipped to valid pixels
+    assert float(batch.images.min()) >= low - 1e-5 and float(batch.images.max()) <= high + 1e-5
+    assert torch.equal(batch.targets, batch.teacher_logits.argmax(1))
+
+
+def test_deepinversion_cross_entropy_alone_makes_the_teacher_see_the_targets(teacher, condensed,
+                                                                            monkeypatch) -> None:
+    """With only the one-hot term and no jitter, 30 pixel steps suffice (BN matching, and the random views
+    that change the objective every step, are what need upstream's thousands)."""
+    import server.inversion.deepinversion as deepinversion
+
+    monkeypatch.setattr(deepinversion, "jitter_and_flip", lambda images: images)
+    torch.manual_seed(0)
+    ctx = make_ctx(teacher, condensed, guided=False, g_steps=30, adv_weight=0.0, bn_weight=0.0, oh_weight=1.0,
+                   di_tv_l2=0.0)
+    batch = build_method("deepinversion", ctx).synthesize()
+    assert batch.requested is not None
+    assert float((batch.targets == batch.requested).float().mean()) >= 0.9
+
+
+def test_deepinversion_terms_reach_the_pixels_and_compete_after_warmup(teacher, condensed) -> None:
+    torch.manual_seed(0)
+    ctx = make_ctx(teacher, condensed, guided=True, di_tv_l1=1e-3, di_l2=1e-4)
+    method = build_method("deepinversion", ctx)
+    assert isinstance(method, DeepInversion)
+    pixels = torch.randn(20, 1, 28, 28, requires_grad=True)
+    total, terms, t_logits = method.loss(pixels, method.sample_targets())
+    assert set(terms) == {"bn", "oh", "tv", "l2", "adv", "fa"} and t_logits.shape == (20, 10)
+    torch.testing.assert_close(total, torch.stack(list(terms.values())).sum())
+    for name, term in terms.items():
+        (grad,) = torch.autograd.grad(term, pixels, retain_graph=True)
+        assert torch.isfinite(grad).all() and float(grad.abs().sum()) > 0, name
+    assert all(p.grad is None for p in ctx.student.parameters())  # the student is probed, not trained
+    ctx.cfg.warmup_epochs, ctx.epoch = 5, 2
+    assert "adv" not in method.loss(pixels, method.sample_targets())[1]
+    assert method.bn_stats.momentum == 0.0  # Yin et al. match each batch's own statistics
+
+
+def test_deepinversion_pieces_on_hand_built_inputs() -> None:
+    logits = torch.tensor([[4.0, 0.0, 0.0], [0.0, 3.0, 1.0]])
+    assert float(competition_loss(logits, logits)) == pytest.approx(1.0, abs=1e-6)  # JS 0: full agreement
+    assert float(competition_loss(-10 * logits, 10 * logits)) < 0.8
+    flat = torch.ones(2, 1, 6, 6)
+    assert all(float(t) == 0.0 for t in total_variation(flat))
+    stripes = torch.zeros(1, 1, 4, 4)
+    stripes[..., ::2] = 1.0  # every horizontal neighbour differs by 1, every vertical one by 0
+    tv_l1, _ = total_variation(stripes)
+    assert float(tv_l1) == pytest.approx(1.0 + 0.0 + 1.0 + 1.0)
+    torch.manual_seed(0)
+    x = torch.arange(2 * 28 * 28, dtype=torch.float32).view(2, 1, 28, 28)
+    views = [jitter_and_flip(x) for _ in range(20)]
+    assert all(torch.equal(torch.sort(v.flatten(1))[0], torch.sort(x.flatten(1))[0]) for v in views)  # a permutation
+    assert len({v[0, 0, 0, 0].item() for v in views}) > 3  # offsets and flips vary
+
+
+def test_deepinversion_guided_trains_the_discriminator(teacher, condensed) -> None:
+    torch.manual_seed(0)
+    ctx = make_ctx(teacher, condensed, guided=True, g_steps=3)
+    method = build_method("deepinversion", ctx)
+    before = [p.clone() for p in ctx.guidance.discriminator.parameters()]
+    batch = method.synthesize()
+    assert {"bn", "oh", "tv", "adv", "fa", "d_loss", "g_loss"} <= set(batch.losses)
+    assert any(not torch.equal(a, b) for a, b in zip(before, ctx.guidance.discriminator.parameters(), strict=True))
+    assert method.state_dict() == {"bn_ema": {}}
 
 
 def test_bn_loss_needs_batchnorm_teacher(condensed) -> None:

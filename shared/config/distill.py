@@ -24,7 +24,7 @@ FAST_META = ("fomaml", "reptile")
 class DistillConfig:
     # What to distil and how (the paper's comparison: cs-only, mi, mi+cs, mi* = guided).
     student: str = "lenet5_half"
-    base: str = "fast"  # inversion method: deepinversion | fast (cmi later)
+    base: str = "fast"  # inversion method: fast | cmi | generative-deepinversion | deepinversion (Yin et al.)
     mode: str = "mi*"
     # Budget: stop after `epochs` (0 = no limit) or `budget_seconds` of training time (0 = no limit).
     epochs: int = 200
@@ -49,6 +49,11 @@ class DistillConfig:
     fast_reset_l0: int = 120  # base=fast: re-initialise the generator's first layer this many epochs after warm-up
     oh_weight: float = 0.5
     adv_weight: float = 1.1
+    # base=deepinversion (Yin et al.: pixels optimised for g_steps Adam steps; upstream CIFAR-10 values).
+    di_lr: float = 0.1  # Adam learning rate of the pixels (upstream CIFAR-10 0.05 / 0.1; docs/engine.md)
+    di_tv_l1: float = 0.0  # weight of the total-variation L1 prior
+    di_tv_l2: float = 2.5e-5  # weight of the total-variation L2 prior (upstream di_var_scale)
+    di_l2: float = 0.0  # weight of the per-image L2-norm prior
     # Condensed-guided feature alignment (used in mode mi*).
     fa_weight: float = 5.0
     lr_discriminator: float = 2e-3
@@ -124,10 +129,11 @@ class DistillConfig:
         for name in ("epochs", "warmup_epochs", "checkpoint_every", "grid_every", "num_threads", "synthetic_budget",
                      "fast_reset_l0", "noisy_groups"):
             _at_least(name, getattr(self, name), 0)
-        for name in ("lr_generator", "lr_latent", "lr_discriminator", "lr_student", "temperature"):
+        for name in ("lr_generator", "lr_latent", "lr_discriminator", "lr_student", "temperature", "di_lr"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"distill.{name}={getattr(self, name)!r} must be > 0")
         for name in ("bn_weight", "oh_weight", "adv_weight", "fa_weight", "weight_decay", "budget_seconds",
+                     "di_tv_l1", "di_tv_l2", "di_l2",
                      "eval_every_seconds", "checkpoint_every_seconds"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"distill.{name}={getattr(self, name)!r} must be >= 0")
