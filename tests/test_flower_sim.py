@@ -235,6 +235,10 @@ def test_three_node_flower_simulation(teacher: Path, tmp_path: Path) -> None:
     assert all(p["source"].startswith("fashion_mnist partition") for p in saved["per_node"])
     assert saved["federated_eval_mean"] is not None
     assert (Path(saved["student"]["path"]) / "card.json").is_file()
+    screening = saved["screening"]  # every sample of every site judged and accounted for
+    assert screening["enabled"] and set(screening["sites"]) == {f"node:{p['node_id']}" for p in saved["per_node"]}
+    assert screening["total_samples"] == sum(p["num_samples"] for p in saved["per_node"])
+    assert 0 < screening["kept_samples"] <= screening["total_samples"]
     # 1 CPU per ClientApp on 2: at least two sites condensed at the same time.
     spans = sorted((p["condense_finished"] - p["condense_seconds"], p["condense_finished"]) for p in saved["per_node"])
     assert any(later[0] < earlier[1] for earlier, later in itertools.pairwise(spans)), spans

@@ -140,7 +140,8 @@ def _run_stages(grid: Grid, cfg: CondexConfig, out_dir: Path, report: RunReport)
     test_set = server_test_set(cfg, teacher_card)
     report.teacher["accuracy"] = _accuracy(teacher, teacher_card, test_set)
     t = time.perf_counter()
-    result = run_engine(teacher, teacher_card, teacher_path, collected.payloads, cfg, out_dir, test_set)
+    payloads = screen(collected.payloads, teacher, teacher_card, cfg, report)
+    result = run_engine(teacher, teacher_card, teacher_path, payloads, cfg, out_dir, test_set)
     timings["distill_export"] = round(time.perf_counter() - t, 2)
     report.engine = result.details
     report.student = {"arch": result.card.arch, "path": str(result.checkpoint), "exports": result.exports,
@@ -151,6 +152,21 @@ def _run_stages(grid: Grid, cfg: CondexConfig, out_dir: Path, report: RunReport)
         answered = [o.node_id for o in collected.outcomes if o.status in (ACCEPTED, REJECTED)]
         federated_evaluation(grid, answered, result.student, result.card, cfg, collected.outcomes)
         timings["federated_eval"] = round(time.perf_counter() - t, 2)
+
+
+def screen(payloads: dict[int, CondensedPayload], teacher: nn.Module, card: ModelCard, cfg: CondexConfig,
+           report: RunReport) -> dict[int, CondensedPayload]:
+    """The accepted payloads after ``server.screening`` (poisoned, noisy, copied samples out); report updated."""
+    from server.screening import screen_payloads
+
+    kept, report.screening = screen_payloads({f"node:{n}": p for n, p in payloads.items()}, teacher, card,
+                                             cfg.screen)
+    if cfg.screen.enabled:
+        say(f"screening kept {report.screening['kept_samples']} of {report.screening['total_samples']} samples")
+    if not kept:
+        raise PayloadError("screening dropped every payload (see the report's screening section); if the sites "
+                           "are honest, lower screen.min_relative_agreement or set screen.enabled=false")
+    return {int(name.split(":", 1)[1]): payload for name, payload in kept.items()}
 
 
 def new_run_dir(cfg: CondexConfig) -> Path:

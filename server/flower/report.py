@@ -58,6 +58,7 @@ class RunReport:
     student: dict[str, Any] = field(default_factory=dict)  # arch, accuracy, path, exports
     timings: dict[str, float] = field(default_factory=dict)
     engine: dict[str, Any] = field(default_factory=dict)  # what the distillation engine reported
+    screening: dict[str, Any] = field(default_factory=dict)  # server.screening: per-node kept/dropped and why
 
     # ---- summaries -------------------------------------------------------------------------------------
     @property
@@ -112,6 +113,7 @@ class RunReport:
             "teacher": self.teacher,
             "student": self.student,
             "engine": self.engine,
+            "screening": self.screening,
             "per_node": [dataclasses.asdict(o) for o in self.node_outcomes],
             "config": self.config,
         }
@@ -133,6 +135,7 @@ class RunReport:
             ("student", f"{self.student.get('arch', '?')} accuracy {_pct(d['student_accuracy'])}"),
             ("federated evaluation (mean / weighted)",
              f"{_pct(d['federated_eval_mean'])} / {_pct(d['federated_eval_weighted_mean'])}"),
+            ("screening (samples kept / received)", _screening_line(self.screening)),
             ("student checkpoint", str(self.student.get("path", "-"))),
             ("time", ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items())),
         ]
@@ -158,6 +161,14 @@ class RunReport:
         json_path = atomic_write_text(directory / "report.json", self.to_json())
         md_path = atomic_write_text(directory / "report.md", self.to_markdown())
         return json_path, md_path
+
+
+def _screening_line(screening: dict[str, Any]) -> str:
+    if not screening.get("enabled"):
+        return "off" if screening else "-"
+    rejected = [f"{name} ({site['rejected']})" for name, site in screening["sites"].items() if site["rejected"]]
+    text = f"{screening['kept_samples']} / {screening['total_samples']}"
+    return text + (f"; rejected: {'; '.join(rejected)}" if rejected else "")
 
 
 def _fraction(value: Any) -> bool:

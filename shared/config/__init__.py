@@ -17,11 +17,12 @@ from shared.config.condense import CondenseConfig
 from shared.config.data import DataConfig
 from shared.config.distill import DistillConfig
 from shared.config.federation import FederationConfig
+from shared.config.screen import ScreenConfig
 from shared.config.teacher import TeacherConfig
 from shared.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-SECTIONS = ("data", "teacher", "condense", "distill", "federation")
+SECTIONS = ("data", "teacher", "condense", "distill", "federation", "screen")
 
 
 @dataclass
@@ -31,6 +32,7 @@ class CondexConfig:
     condense: CondenseConfig = field(default_factory=CondenseConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
+    screen: ScreenConfig = field(default_factory=ScreenConfig)
     seed: int = 0
     device: str = "auto"
     output_dir: str = "outputs"

@@ -15,8 +15,8 @@ from shared.errors import ConfigError
 @dataclass
 class ScreenConfig:
     enabled: bool = True
-    min_site_agreement: float = 0.5  # a site whose labels the teacher confirms less often is rejected whole
-    drop_disagreeing: bool = True  # drop each sample whose teacher label is not the payload's label
+    min_relative_agreement: float = 0.5  # reject a site whose teacher agreement is below this x the sites' median
+    drop_disagreeing: bool = True  # drop each non-DP sample whose teacher label is not the payload's label
     outlier_z: float = 3.5  # robust z-score of a sample's teacher-feature distance to its class median
     max_site_outlier_share: float = 0.5  # a site with more outliers than this is rejected whole
     duplicate_distance: float = 0.01  # RMS pixel distance under which two samples are near-duplicates
@@ -24,7 +24,7 @@ class ScreenConfig:
 
     def validate(self) -> ScreenConfig:
         check_types(self, "screen")
-        for name in ("min_site_agreement", "max_site_outlier_share"):
+        for name in ("min_relative_agreement", "max_site_outlier_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"screen.{name}={getattr(self, name)} must be in [0, 1]")
         if self.outlier_z <= 0:
