@@ -180,6 +180,11 @@ def run(args: argparse.Namespace) -> int:
     student_settings = AuditSettings(args.student_shadows, args.max_candidates, args.seed).validate()
     if args.student_shadows and args.student is None:
         raise ConfigError("--student-shadows needs --student DIR (the student to attack)")
+    if args.student_shadow_epochs < 1:
+        raise ConfigError(f"--student-shadow-epochs={args.student_shadow_epochs} must be >= 1")
+    if args.shadow_time_budget is not None and not args.shadow_time_budget > 0:
+        raise ConfigError(f"--shadow-time-budget={args.shadow_time_budget} must be > 0 seconds (leave it out for "
+                          "the payload's own condensing time)")
     payload = CondensedPayload.load(args.payload)
     cfg, members, non_members = load_site(args, payload)
     embed = load_teacher(args.teacher, members) if args.teacher else None

@@ -115,11 +115,11 @@ def test_a_student_trained_on_the_members_is_caught_by_the_loss_attack(
     def train(data: LabeledImages, seed: int) -> torch.nn.Module:
         """An MLP fitted to its training images until it memorises them (full batch, Adam)."""
         torch.manual_seed(seed)
-        net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 256), torch.nn.ReLU(),
-                                  torch.nn.Linear(256, 10))
+        net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 128), torch.nn.ReLU(),
+                                  torch.nn.Linear(128, 10))
         x = (data.images.float() / 255 - mean[0]) / std[0]
-        optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
-        for _ in range(150):
+        optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
+        for _ in range(80):
             optimizer.zero_grad()
             torch.nn.functional.cross_entropy(net(x), data.labels).backward()
             optimizer.step()
@@ -153,9 +153,6 @@ def test_a_site_with_an_auc_threshold_refuses_a_payload_of_copies(
     with pytest.raises(PolicyRefusal, match=r"policy-max-mia-auc=0.6: the payload's strongest .* AUC 1 "):
         client_app.condense_content(local, cfg, PolicyGuard(site_policy(node)))
     assert not (tmp_path / "ledger.json").exists()  # refused before release: nothing charged
-    # the refusal becomes the policy error reply the server lists as "refused"
-    reply = client_app.error_reply(_message(), PolicyRefusal("policy-max-mia-auc", 0.6, "x"))
-    assert reply.error.code == client_app.ERR_POLICY
     # below the threshold the payload leaves, with its audit figures in the reply's metrics
     lenient = PolicyGuard(site_policy(node | {"policy-max-mia-auc": "1", "policy-ledger": "none"}))
     content = client_app.condense_content(local, cfg, lenient)
@@ -163,11 +160,28 @@ def test_a_site_with_an_auc_threshold_refuses_a_payload_of_copies(
     assert metrics["audit-mia-auc"] >= 0.95 and metrics["audit-memorization-share"] >= 0.95
 
 
+def test_a_site_node_refuses_a_memorised_payload_with_the_policy_key_in_its_error_reply(
+        tmp_path: Path, split: tuple[LabeledImages, LabeledImages]) -> None:
+    """The ClientApp's own path: a node with its data folder (train and test split) and the threshold in
+    its node config, a `real` request (copied images): an error reply with the policy code, nothing charged."""
+    site = tmp_path / "site"
+    site.mkdir()
+    for name, part in zip(("train", "test"), split, strict=True):
+        np.savez(site / f"{name}.npz", images=part.images[:, 0].numpy(), labels=part.labels.numpy())
+    node = {"data-dir": str(site), "policy-require-dp": "false", "policy-max-memorization": "0.05",
+            "policy-ledger": str(tmp_path / "ledger.json")}
+    reply = client_app.handle_condense(_message({"condense.method": "real", "condense.ipc": 5}), _context(node))
+    assert reply.has_error() and reply.error.code == client_app.ERR_POLICY, reply.error.reason
+    assert reply.error.reason.startswith("PolicyRefusal: policy-max-memorization=0.05: 100.0% of the payload's "
+                                         "images are closer to a training image"), reply.error.reason
+    assert not (tmp_path / "ledger.json").exists()
+
+
 def test_condex_audit_writes_audit_json_and_enforces_its_threshold(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from shared.cli import main
 
-    data = ["--dataset", "fashion_mnist", "--partition", "iid", "--partition-id", "0", "--few-shot", "10"]
+    data = ["--dataset", "fashion_mnist", "--few-shot", "10"]  # the whole training split, 10 per class
     payload = tmp_path / "site.safetensors"
     assert main(["condense", *data, "--method", "real", "--ipc", "10", "--output", str(payload), "--quiet"]) == 0
     out = tmp_path / "audit" / "audit.json"
@@ -192,21 +206,8 @@ def test_condex_audit_names_bad_input(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "shadows=3 must be 0" in capsys.readouterr().err
     assert main(["audit", "--payload", "x", "--policy-max-mia-auc", "2"]) == 2
     assert "condex audit --policy-max-mia-auc='2' must be in [0, 1]" in capsys.readouterr().err
-
-
-def _context() -> object:
-    from flwr.app import Context, RecordDict
-
-    return Context(1, 1, {"partition-id": 0, "num-partitions": 20}, RecordDict(), {})
-
-
-def _message() -> object:
-    from flwr.app import Message
-    from flwr.common.constant import SUPERLINK_NODE_ID
-    from flwr.supercore.task_identity import TaskIdentity
-
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
-    return Message(wire.request_to_content({}), dst_node_id=1, message_type="query.condense")
+    assert main(["audit", "--payload", "x", "--shadow-time-budget", "0"]) == 2
+    assert "--shadow-time-budget=0.0 must be > 0" in capsys.readouterr().err
 
 
 def test_condex_audit_attacks_a_student_checkpoint(tmp_path: Path, fmnist_train: LabeledImages,
@@ -215,7 +216,7 @@ def test_condex_audit_attacks_a_student_checkpoint(tmp_path: Path, fmnist_train:
     from shared.cli import main
     from shared.models import build_model
 
-    data = ["--dataset", "fashion_mnist", "--partition", "iid", "--partition-id", "1", "--few-shot", "5"]
+    data = ["--dataset", "fashion_mnist", "--few-shot", "5", "--set", "data.seed=1"]
     payload = tmp_path / "site.safetensors"
     assert main(["condense", *data, "--method", "real", "--ipc", "5", "--output", str(payload), "--quiet"]) == 0
     torch.manual_seed(0)
@@ -229,3 +230,18 @@ def test_condex_audit_attacks_a_student_checkpoint(tmp_path: Path, fmnist_train:
     assert {a["name"] for a in report["student_attacks"]} == {"student/loss", "student/lira/online",
                                                               "student/lira/offline"}
     assert report["settings"]["shadow_iterations"] == [0, 0] and "student/loss" in capsys.readouterr().out
+
+
+def _context(node: dict | None = None) -> object:
+    from flwr.app import Context, RecordDict
+
+    return Context(1, 1, node or {"partition-id": 0, "num-partitions": 20}, RecordDict(), {})
+
+
+def _message(request: dict | None = None) -> object:
+    from flwr.app import Message
+    from flwr.common.constant import SUPERLINK_NODE_ID
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
+    return Message(wire.request_to_content(request or {}), dst_node_id=1, message_type="query.condense")

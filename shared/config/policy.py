@@ -124,7 +124,7 @@ class SitePolicy:
                                 "or a smaller epsilon)")
         if self.max_memorization is not None and (share is None or not share <= self.max_memorization):
             raise PolicyRefusal("policy-max-memorization", self.max_memorization,
-                                f"{_fmt(share)} of the payload's images are closer to a training image than 95% of "
+                                f"{_pct(share)} of the payload's images are closer to a training image than 95% of "
                                 "held-out images are; it must not leave (condense with a DP method or init=noise)")
 
     def _dp_methods(self) -> list[str]:
@@ -300,6 +300,10 @@ def _fraction(where: str, value: Any) -> float | None:
 
 def _fmt(value: float | None) -> str:
     return "unmeasured" if value is None else f"{value:.3g}"
+
+
+def _pct(value: float | None) -> str:
+    return "unmeasured" if value is None else f"{100 * value:.1f}%"
 
 
 def _ledger(where: str, value: Any) -> str | None:
