@@ -128,7 +128,7 @@ class ModelCard:
                                   "next to the weights")
         try:
             values = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, ints beyond 4300 digits
             raise CheckpointError(f"model card {path} is not valid JSON ({exc}); restore it or re-create the "
                                   "checkpoint") from None
         return cls.from_dict(values, source=str(path))

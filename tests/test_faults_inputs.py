@@ -223,3 +223,10 @@ def test_a_truncated_npz_is_named(tmp_path: Path) -> None:
     _truncate(tmp_path / "train.npz")
     with pytest.raises(CondexError, match=r"train\.npz"):
         load_folder(tmp_path, "train")
+
+
+def test_a_card_with_a_huge_integer_is_named(teacher_dir: Path) -> None:
+    text = (teacher_dir / CARD_FILE).read_text()
+    (teacher_dir / CARD_FILE).write_text(text.replace('"num_classes": 10', '"num_classes": ' + "9" * 5000))
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_checkpoint(teacher_dir)
