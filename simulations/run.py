@@ -29,6 +29,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from shared.config import CONFIG_DIR, CondexConfig, from_dict, register_schema, to_flat
+from shared.errors import CondexError
 from shared.io import atomic_write_text
 
 RESULTS_JSONL = "results.jsonl"
@@ -79,10 +80,24 @@ def result_row(job: str, overrides: list[str], report: dict[str, Any]) -> dict[s
 def append_result(sweep_dir: Path, row: dict[str, Any]) -> Path:
     """Add ``row`` to the sweep's JSONL and re-render its Markdown table (jobs run one after another)."""
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    with (sweep_dir / RESULTS_JSONL).open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(row) + "\n")
-    rows = [json.loads(line) for line in (sweep_dir / RESULTS_JSONL).read_text().splitlines() if line.strip()]
-    return atomic_write_text(sweep_dir / RESULTS_MD, render_table(rows))
+    path = sweep_dir / RESULTS_JSONL
+    torn = path.is_file() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(("\n" if torn else "") + json.dumps(row) + "\n")  # never glue a row onto a torn one
+    return atomic_write_text(sweep_dir / RESULTS_MD, render_table(read_rows(sweep_dir / RESULTS_JSONL)))
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The sweep's rows; a line cut by a killed job (or edited by hand) is skipped, not fatal to the sweep."""
+    rows = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
 
 
 def render_table(rows: list[dict[str, Any]]) -> str:
@@ -116,12 +131,17 @@ def main(composed: DictConfig) -> None:
     values = OmegaConf.to_container(composed, resolve=True)
     assert isinstance(values, dict)
     values.pop("setting", None)
-    cfg = from_dict(values).validate()
     hc = HydraConfig.get()
     job_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode is not None and hc.mode.name == "MULTIRUN"
     sweep_dir = Path(hc.sweep.dir) if multirun else job_dir
-    report = simulate(cfg, job_dir, " ".join(["python -m simulations.run", *hc.overrides.task]))
+    try:  # one job with a bad value (data.alpha=nan) is a failed row, never the end of the sweep
+        cfg = from_dict(values).validate()
+    except CondexError as exc:
+        report: dict[str, Any] = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+        print(f"[condex] job {hc.job.get('num', 0)}: bad configuration: {report['error']}", flush=True)
+    else:
+        report = simulate(cfg, job_dir, " ".join(["python -m simulations.run", *hc.overrides.task]))
     row = result_row(str(hc.job.get("num", 0)), list(hc.overrides.task), report)
     table = append_result(sweep_dir, row)
     print(f"[condex] job {row['job']}: {row['status']}; results table {table}", flush=True)

@@ -122,3 +122,14 @@ def test_resume_needs_only_out(tiny_teacher, tmp_path: Path, capsys: pytest.Capt
     assert "distill.kd_steps" in capsys.readouterr().err
     assert main(["distill", "--out", str(tmp_path / "nothing"), "--resume"]) == 2
     assert "run.json" in capsys.readouterr().err
+
+
+def test_a_torn_sweep_row_is_skipped(tmp_path: Path) -> None:
+    from simulations.run import RESULTS_JSONL, append_result, result_row
+
+    append_result(tmp_path, result_row("0", ["data.alpha=0.1"], {"status": "completed"}))
+    with (tmp_path / RESULTS_JSONL).open("a") as handle:
+        handle.write('{"job": "1", "overr')  # the job was killed while its row was written
+    table = append_result(tmp_path, result_row("2", ["data.alpha=1.0"], {"status": "failed"}))
+    rows = [line for line in table.read_text().splitlines() if line.startswith("| 0 ") or line.startswith("| 2 ")]
+    assert len(rows) == 2
