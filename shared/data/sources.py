@@ -72,6 +72,12 @@ def _torchvision_dataset(cls_name: str, root: Path, split: str, download: bool):
             f"dataset files for {cls_name} are missing under {root} and download={download}: {exc}. "
             "Pass --data-root to a folder that holds them, or allow download."
         ) from exc
+    except OSError as exc:  # offline or blocked download (URLError, socket errors, HTTP errors are OSErrors)
+        raise DataError(
+            f"could not download {cls_name} into {root} ({type(exc).__name__}: {exc}); this machine seems offline. "
+            f"Copy the dataset's files there from a machine with network (torchvision.datasets.{cls_name}"
+            f"(root, download=True)) and pass --data-root, or set CONDEX_DATA to their folder"
+        ) from None
 
 
 def _mnist_like(cls_name: str, info: DatasetInfo, split: str, root: Path | None, download: bool) -> LabeledImages:
