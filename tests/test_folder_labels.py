@@ -110,6 +110,14 @@ def test_condense_query_carries_class_names_and_site_answers_in_teacher_ids(
     payload = collected.payloads[1]
     assert sorted(set(payload.labels.tolist())) == [3, 7]
     assert payload.meta.class_names == list(FMNIST_NAMES)
+    # federated evaluation at the same site labels its held-out images by the student card's class names
+    from shared.models import build_model
+
+    student = build_model("lenet5_half", num_classes=10, in_channels=1, image_size=28).eval()
+    student_card = card_for_dataset(fmnist_train.info, "lenet5_half", role="student")
+    server_app.federated_evaluation(grid, [1], student, student_card, cfg, collected.outcomes)
+    outcome = collected.outcomes[0]
+    assert not outcome.eval_error and outcome.eval_accuracy is not None and outcome.eval_examples == 2
 
 
 def test_cli_condense_with_teacher_then_distill_accepts_the_folder_payload(
