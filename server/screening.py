@@ -12,12 +12,13 @@ their teacher features fall where the other sites' features of the same class fa
    only 0.19-0.24 of DP-DM payloads (docs/robustness.md). With ``screen.drop_disagreeing``, each
    disagreeing sample of a non-DP payload is dropped; a DP payload is kept or rejected whole (dropping its
    unconfirmed samples would drop most of it).
-2. **Feature outliers across sites.** Per class, the coordinate-wise median of all sites' teacher features
-   (robust while fewer than half of the samples are poisoned) and each sample's distance to it, scored as
-   a robust z-score, (d - median d) / (1.4826 MAD d). Samples above ``screen.outlier_z`` are dropped; a
-   site with more than ``screen.max_site_outlier_share`` outliers is rejected whole. Classes with fewer
-   than ``screen.min_class_samples`` samples are not scored. Needs a teacher that returns features
-   (``forward(x, return_features=True)``); otherwise this check is skipped and the report says so.
+2. **Feature outliers across sites.** Per class and kind (DP or not), the coordinate-wise median of the
+   sites' teacher features (robust while fewer than half of the samples are poisoned) and each sample's
+   distance to it, scored as a robust z-score, (d - median d) / (1.4826 MAD d). Samples above
+   ``screen.outlier_z`` are dropped; a site with more than ``screen.max_site_outlier_share`` outliers is
+   rejected whole. Classes with fewer than ``screen.min_class_samples`` samples are not scored. Needs a
+   teacher that returns features (``forward(x, return_features=True)``); otherwise this check is skipped
+   and the report says so.
 3. **Near-duplicates.** Samples within ``screen.duplicate_distance`` RMS pixel distance of an earlier kept
    sample (the same site or another) are dropped: repeated images over-weight a site's vote in KD.
 
@@ -148,8 +149,11 @@ def screen_payloads(payloads: Mapping[str, CondensedPayload], teacher: nn.Module
     if cfg.drop_disagreeing:
         keep &= (seen == labels) | private
     outlier = torch.zeros_like(keep)
-    if features is not None:  # the class medians come from the samples still kept, not the rejected sites'
-        outlier[keep] = feature_outliers(features[keep], labels[keep], cfg)
+    if features is not None:  # class medians of the samples still kept, per kind: DP images sit elsewhere
+        for kind in (private, ~private):
+            judged = keep & kind
+            if judged.any():
+                outlier[judged] = feature_outliers(features[judged], labels[judged], cfg)
     keep &= ~outlier
     duplicate = near_duplicates(pixels, keep, cfg.duplicate_distance)
     keep &= ~duplicate
