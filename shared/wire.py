@@ -140,6 +140,9 @@ NODE_METRIC_RANGES: dict[str, tuple[bool, float, float]] = {
     "condense-seconds": (False, 0.0, math.inf), "condense-finished": (False, 0.0, math.inf),
     "num-samples": (True, 0, math.inf), "epsilon": (False, 0.0, math.inf), "delta": (False, 0.0, 1.0),
     "local-train": (True, 0, math.inf), "local-test": (True, 0, math.inf),
+    # a site's own audit of its payload (sent when its policy sets an audit threshold; shared/privacy/audit)
+    "audit-mia-auc": (False, 0.0, 1.0), "audit-mia-tpr-1pct-fpr": (False, 0.0, 1.0),
+    "audit-memorization-ratio": (False, 0.0, math.inf), "audit-memorization-share": (False, 0.0, 1.0),
 }
 EVAL_METRIC_RANGES: dict[str, tuple[bool, float, float]] = {
     "accuracy": (False, 0.0, 1.0), "num-examples": (True, 0, math.inf),

@@ -100,6 +100,7 @@ HOSTILE_REPLIES = [
     ("fractional local-train", _set_metric("local-train", 2.5), "whole number"),
     ("list local-train", _set_metric("local-train", [1.0, 2.0]), "node-metrics.local-train"),
     ("NaN condense-seconds", _set_metric("condense-seconds", float("nan")), "condense-seconds"),
+    ("audit AUC above 1", _set_metric("audit-mia-auc", 7.0), "node-metrics.audit-mia-auc"),
     ("0-d labels", _set_array("labels", Array(np.array(3, dtype=np.int64))), "must be N x C x H x W / N"),
     ("0-d images", _set_array("images", Array(np.array(3, dtype=np.uint8))), "must be N x C x H x W / N"),
     ("empty npy bytes", _raw("images", b""), "not a readable .npy"),
@@ -138,7 +139,15 @@ def test_each_hostile_reply_rejects_its_node_with_a_reason(name: str, damage: Ca
 def test_the_undamaged_reply_is_accepted() -> None:
     outcome, payload = server_app.judge_reply(7, as_reply(good_content()), SPEC, MAX_BYTES)
     assert outcome.status == ACCEPTED and payload is not None and len(payload) == 20
-    assert outcome.local_train == 100 and outcome.condense_seconds == 1.5
+    assert outcome.local_train == 100 and outcome.condense_seconds == 1.5 and outcome.audit == {}
+
+
+def test_a_sites_audit_figures_reach_its_outcome() -> None:
+    content = good_content()
+    for name, value in {"audit-mia-auc": 0.51, "audit-memorization-share": 0.0}.items():
+        _set_metric(name, value)(content)
+    outcome, _ = server_app.judge_reply(7, as_reply(content), SPEC, MAX_BYTES)
+    assert outcome.status == ACCEPTED and outcome.audit == {"audit-mia-auc": 0.51, "audit-memorization-share": 0.0}
 
 
 def test_the_declared_size_is_refused_without_allocating() -> None:

@@ -323,6 +323,7 @@ def _judge_content(content: Any, outcome: NodeOutcome, spec: PayloadSpec, max_by
     outcome.condense_seconds, outcome.condense_finished = metrics.get("condense-seconds"), \
         metrics.get("condense-finished")
     outcome.payload_bytes = wire.content_bytes(content)
+    outcome.audit = {k: v for k, v in metrics.items() if k.startswith("audit-")}
     outcome.local_train, outcome.local_test = _maybe_int(metrics.get("local-train")), \
         _maybe_int(metrics.get("local-test"))
     payload = wire.payload_from_content(content, max_bytes=max_bytes)

@@ -41,6 +41,7 @@ class NodeOutcome:
     eval_accuracy: float | None = None
     eval_examples: int | None = None
     eval_error: str = ""
+    audit: dict[str, float] = field(default_factory=dict)  # the site's audit-* figures (its policy audits)
 
 
 @dataclass
