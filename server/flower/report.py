@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from shared.io import atomic_write_text
+from shared.io import atomic_write_text, json_safe
 
 ACCEPTED, REJECTED, FAILED, TIMEOUT = "accepted", "rejected", "failed", "timeout"
 REFUSED = "refused"  # the site's privacy policy refused the request (error code 104); reason names the policy key
@@ -120,7 +120,7 @@ class RunReport:
         }
 
     def to_json(self) -> str:
-        return json.dumps(_finite(self.to_dict()), indent=2) + "\n"
+        return json.dumps(json_safe(self.to_dict()), indent=2) + "\n"
 
     def to_markdown(self) -> str:
         return "\n".join([*self._summary_lines(), "", *self._node_lines(), ""])
@@ -182,14 +182,3 @@ def _pct(value: float | None) -> str:
 
 def _int(value: int | None) -> str:
     return "-" if value is None else str(value)
-
-
-def _finite(value: Any) -> Any:
-    """JSON has no NaN/inf: write them as null (an infinite epsilon means "no privacy")."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value

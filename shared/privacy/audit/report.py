@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from shared.io import atomic_write_text
+from shared.io import atomic_write_text, json_safe
 from shared.privacy.audit.memorization import Memorization
 from shared.privacy.audit.roc import AttackResult
 
@@ -68,7 +68,7 @@ class AuditReport:
                 "student_attacks": [a.to_dict() for a in self.student_attacks]}
 
     def to_json(self) -> str:
-        return json.dumps(_finite(self.to_dict()), indent=2) + "\n"
+        return json.dumps(json_safe(self.to_dict()), indent=2) + "\n"
 
     def to_markdown(self) -> str:
         subject = ", ".join(f"{k} {v}" for k, v in self.subject.items())
@@ -94,14 +94,3 @@ class AuditReport:
         """``path`` (JSON) and the Markdown beside it (same name, ``.md``), each written atomically."""
         path = Path(path)
         return atomic_write_text(path, self.to_json()), atomic_write_text(path.with_suffix(".md"), self.to_markdown())
-
-
-def _finite(value: Any) -> Any:
-    """JSON has no NaN/inf: write them as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
