@@ -24,6 +24,7 @@ from shared.cli import main
 from shared.config import apply_overrides, load_config
 from shared.data.sources import load_folder
 from shared.errors import CheckpointError, CondexError, ConfigError, DataError, PayloadError
+from shared.models import build_model
 from shared.payload import META_KEY, CondensedPayload, PayloadMeta
 
 
@@ -158,7 +159,9 @@ def test_a_student_with_nan_weights_is_refused_at_the_node(tiny_teacher) -> None
     from shared import wire
 
     model, card = tiny_teacher
-    student = copy.deepcopy(model)
+    # a fresh copy, not copy.deepcopy: earlier tests may leave graph tensors (hook outputs) on the shared teacher
+    student = build_model(card.arch, card.num_classes, card.in_channels, card.image_size, **card.arch_kwargs)
+    student.load_state_dict(model.state_dict())
     with torch.no_grad():
         next(student.parameters()).view(-1)[0] = float("inf")
     with pytest.raises(CheckpointError, match="NaN/infinite"):
