@@ -261,3 +261,12 @@ def test_cli_distill_and_export(tiny_teacher, tmp_path) -> None:
                  "--formats", "safetensors,torchscript"]) == 0
     assert (tmp_path / "exp" / "student.torchscript.pt").is_file()
     assert main(["distill", "--teacher", str(tmp_path / "nope"), "--out", str(out), "--no-progress"]) == 2
+
+
+def test_a_finished_run_leaves_no_hooks_on_the_teacher(tiny_teacher, tiny_condensed, engine_data, tmp_path) -> None:
+    """The teacher outlives a run (the ServerApp's, a test session's): every hook a base method put on it
+    is removed, so it can be copied and reused."""
+    teacher, _ = tiny_teacher
+    for base in ("fast", "cmi"):
+        run(tiny_teacher, tiny_condensed, engine_data[1], tmp_path / base, base=base, mode="mi*")
+        assert not any(m._forward_hooks or m._forward_pre_hooks for m in teacher.modules()), base

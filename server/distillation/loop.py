@@ -481,6 +481,8 @@ class Distiller:
                     self._one_epoch(bar)
         finally:
             profiler.remove()
+            if self.method is not None:
+                self.method.close()
         return self._finish(profiler)
 
     def _start_run(self) -> None:

@@ -65,6 +65,10 @@ class InversionMethod(ABC):
                 "whose layers cannot be hooked); set distill.bn_weight=0 or use a zoo teacher with BatchNorm"
             )
 
+    def close(self) -> None:
+        """Remove this method's hooks from the teacher, which outlives the run (and may serve the next)."""
+        self.bn_stats.remove()
+
     @abstractmethod
     def synthesize(self) -> SyntheticBatch:
         """Run this method's optimisation for one batch and return the synthetic samples."""

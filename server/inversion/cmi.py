@@ -243,6 +243,10 @@ class ContrastiveModelInversion(InversionMethod):
         logs["bank"] = float(len(self.bank))
         return self.batch(images, targets, logs)
 
+    def close(self) -> None:
+        super().close()
+        self.embed.remove()
+
     def state_dict(self) -> dict[str, Any]:
         return super().state_dict() | {"optimizer": self.optimizer.state_dict(), "head": self.head.state_dict(),
                                        "bank": self.bank.state_dict()}
