@@ -28,12 +28,10 @@ payload whose metadata does not say ``noise_source="os-entropy"``."""
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 import traceback
 from collections.abc import Mapping
-from functools import lru_cache
 from typing import Any
 
 from flwr.app import Context, Error, Message, MetricRecord, RecordDict
@@ -42,7 +40,7 @@ from flwr.clientapp import ClientApp
 from client.policy import PolicyGuard, PolicySource, site_policy
 from client.task import LocalData, load_local_data
 from shared import wire
-from shared.config import CondexConfig, apply_overrides, load_config
+from shared.config import CondexConfig, config_for_run
 from shared.config.policy import POLICY_REFUSAL_CODE, PolicyRefusal, SitePolicy, default_policy
 from shared.errors import CondexError, ConfigError, DataError
 from shared.payload import DP_PRIVATE_FIELDS, SECRET_NOISE_SOURCE, CondensedPayload
@@ -57,20 +55,11 @@ ERR_POLICY = POLICY_REFUSAL_CODE  # 104: the request is outside the site's priva
 ERR_INTERNAL = 199  # an unexpected exception (a bug): type and message are in the reason
 
 
-@lru_cache(maxsize=1)
-def _base_config() -> CondexConfig:
-    # Hydra composition takes a moment; a simulation worker serves many nodes with the same defaults.
-    return load_config()
-
-
 def node_config(context: Context, request: Mapping[str, Any] | None = None,
                 overrides: Mapping[str, Any] | None = None) -> CondexConfig:
-    """Defaults, then the run config, then programmatic overrides, then the server's request; validated."""
-    cfg = copy.deepcopy(_base_config())
-    apply_overrides(cfg, dict(context.run_config))
-    apply_overrides(cfg, dict(overrides or {}))
-    apply_overrides(cfg, dict(request or {}))
-    return cfg.validate()
+    """The run config's setting composed (cached: a simulation worker serves many nodes), then the run config's
+    entries, then programmatic overrides, then the server's request; validated (``config_for_run``)."""
+    return config_for_run(context.run_config, overrides, request)
 
 
 def error_reply(msg: Message, exc: BaseException) -> Message:

@@ -43,8 +43,10 @@ def add_cli(subparsers: Any) -> None:
     distill.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     distill.add_argument("--device", help="auto, cpu or cuda[:N]")
     distill.add_argument("--seed", type=int)
+    distill.add_argument("--setting", help="configs/setting/NAME.yaml to start from (default: fmnist_cpu; e.g. "
+                         "cifar10_gpu)")
     distill.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                         help="config override, e.g. distill.fa_weight=2 (repeatable)")
+                         help="config override, e.g. distill.fa_weight=2 or tensorboard=true (repeatable)")
     distill.add_argument("--export", default="", metavar="FORMATS",
                          help="also export the student (comma list of safetensors,torchscript,pt2,onnx) to "
                          "<out>/export")
@@ -63,7 +65,7 @@ def add_cli(subparsers: Any) -> None:
 def _config(args: argparse.Namespace) -> Any:
     from shared.config import apply_overrides, load_config
 
-    cfg = load_config()
+    cfg = load_config(setting=getattr(args, "setting", None))
     values: dict[str, Any] = {}
     for item in args.set:
         key, sep, value = item.partition("=")
@@ -101,6 +103,8 @@ def _real_ipc(value: str) -> int:
 
 def run_distill(args: argparse.Namespace) -> int:
     from server.distillation import CondensedSet, Distiller, load_condensed
+    from server.distillation.plots import save_end_plots
+    from server.distillation.watch import RunWatcher
     from server.run import fill_resume_arguments
     from shared.checkpoint import load_checkpoint
     from shared.device import select_device
@@ -129,7 +133,12 @@ def run_distill(args: argparse.Namespace) -> int:
                   "data_root": args.data_root}
     distiller = Distiller(cfg.distill, teacher, card, condensed, test, out, device, cfg.seed,
                           progress=not args.no_progress, provenance=provenance)
-    result = distiller.fit(resume=args.resume)
+    # without the progress bar, a line at least every 20 s; with tensorboard=true, TensorBoard events too
+    watcher = RunWatcher(out / "metrics.jsonl", print if args.no_progress else lambda _: None,
+                         tensorboard_dir=out / "tensorboard" if cfg.tensorboard else None)
+    with watcher:
+        result = distiller.fit(resume=args.resume)
+    save_end_plots(distiller, test)
     acc = "n/a" if result.accuracy is None else f"{100 * result.accuracy:.2f}%"
     print(f"student {cfg.distill.student} ({cfg.distill.base} {cfg.distill.mode}): test accuracy {acc} after "
           f"{result.epochs} epochs, {result.train_seconds:.0f} s; checkpoint {out / 'student'}")

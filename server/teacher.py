@@ -357,6 +357,8 @@ def _add_train(actions: argparse._SubParsersAction) -> None:
                            description="Train a teacher on a registry dataset. Unset options come from the "
                                        "composed config (configs/, section teacher).")
     _data_arguments(p, None)
+    p.add_argument("--setting", default=None, help="configs/setting/NAME.yaml whose teacher section and dataset are "
+                   "the defaults (default: fmnist_cpu; e.g. cifar10_gpu: ResNet-34 on CIFAR-10)")
     p.add_argument("--out", default=None, help="checkpoint directory (default: outputs/teachers/DATASET)")
     p.add_argument("--arch", default=None, help="zoo architecture, e.g. vgg11, resnet8")
     p.add_argument("--arch-kwargs", default=None, metavar="K=V,...", help="architecture options, e.g. width=16")
@@ -416,11 +418,11 @@ def _add_import(actions: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_cli_import)
 
 
-def _config_defaults() -> tuple[TeacherConfig, str]:
+def _config_defaults(setting: str | None = None) -> tuple[TeacherConfig, str]:
     """The composed config's teacher section and dataset (configs/ is the one place defaults live)."""
     from shared.config import load_config
 
-    cfg = load_config()
+    cfg = load_config(setting=setting)
     return cfg.teacher, cfg.data.dataset
 
 
@@ -430,7 +432,7 @@ def _data_options(args: argparse.Namespace, dataset: str) -> DataOptions:
 
 
 def _cli_train(args: argparse.Namespace) -> int:
-    base, dataset = _config_defaults()
+    base, dataset = _config_defaults(args.setting)
     overrides = {k: getattr(args, k) for k in ("arch", "arch_kwargs", "epochs", "batch_size", "lr", "momentum",
                                                "weight_decay", "schedule", "augment", "label_smoothing")
                  if getattr(args, k) is not None}

@@ -31,6 +31,12 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager[None]:
     return contextlib.nullcontext()
 
 
+def grad_scaler(device: torch.device) -> torch.amp.GradScaler:
+    """The loss scaler that goes with ``autocast``'s fp16 on CUDA (small fp16 gradients would underflow to 0
+    without it); disabled elsewhere, where ``scale`` returns the loss and ``step`` is ``optimizer.step``."""
+    return torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
+
+
 def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """Move a model to ``device``; channels_last on CUDA where convolutions benefit from it."""
     model = model.to(device)

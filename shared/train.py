@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shared.data import LabeledImages, normalize
-from shared.device import autocast
+from shared.device import autocast, grad_scaler
 from shared.errors import ConfigError
 from shared.progress import progress_bar
 
@@ -145,6 +145,7 @@ def _train_epoch(model: nn.Module, data: LabeledImages, batch_size: int, augment
     model.train()
     order = torch.randperm(len(data), generator=generator)
     total_loss, correct, seen = 0.0, 0, 0
+    scaler = grad_scaler(device)  # fp16 autocast on CUDA needs loss scaling; a no-op on CPU
     for start in range(0, len(data), batch_size):
         idx = order[start:start + batch_size]
         pixels = data.images[idx].to(device).float().div_(255.0)
@@ -154,8 +155,9 @@ def _train_epoch(model: nn.Module, data: LabeledImages, batch_size: int, augment
             logits = model(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)  # skipped (and the scale lowered) when fp16 gradients overflowed
+        scaler.update()
         scheduler.step()
         total_loss += float(loss.detach()) * len(idx)
         correct += int((logits.detach().argmax(1) == y).sum())

@@ -82,6 +82,7 @@ class LocalGrid(Grid):
         TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
         self.nodes = nodes
         self.silent = set(silent)
+        self.outbox: dict[str, Message] = {}  # message id -> the node's reply, until pulled
         self.contexts = {n: Context(1, n, dict(cfg), RecordDict(), dict(run_config)) for n, (_, cfg) in nodes.items()}
 
     def set_run(self, run: Any) -> None:  # pragma: no cover - not used in-process
@@ -98,22 +99,23 @@ class LocalGrid(Grid):
     def get_node_ids(self) -> Iterable[int]:
         return list(self.nodes)
 
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # pragma: no cover
-        raise NotImplementedError
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        """Each node answers at once (a silent one never); the replies wait for ``pull_messages``."""
+        ids = []
+        for msg in messages:
+            msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex
+            ids.append(msg.metadata.message_id)
+            node = msg.metadata.dst_node_id
+            if node not in self.silent:
+                app, _ = self.nodes[node]
+                self.outbox[msg.metadata.message_id] = app(msg, self.contexts[node])
+        return ids
 
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # pragma: no cover
-        raise NotImplementedError
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return [self.outbox.pop(i) for i in list(message_ids) if i in self.outbox]
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        replies = []
-        for msg in messages:
-            node = msg.metadata.dst_node_id
-            if node in self.silent:
-                continue
-            msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex
-            app, _ = self.nodes[node]
-            replies.append(app(msg, self.contexts[node]))
-        return replies
+        return list(self.pull_messages(self.push_messages(messages)))
 
 
 def malformed_client() -> ClientApp:
@@ -157,7 +159,8 @@ def _partition(i: int, n: int) -> dict[str, Any]:
 def test_failed_timed_out_and_malformed_nodes_do_not_stop_the_run(teacher: Path, tmp_path: Path) -> None:
     # `real` condensation keeps this test fast; DM runs in the simulation tests below.
     overrides = tiny_overrides(teacher, tmp_path / "out") | NON_DP | {"federation.min-payload-fraction": 0.4,
-                                                                      "condense.method": "real"}
+                                                                      "condense.method": "real",
+                                                                      "federation.reply-timeout-s": 3.0}
     good = client_app.build_app()
     grid = LocalGrid({
         11: (good, _partition(0, 4)),
@@ -216,20 +219,39 @@ def test_client_rejects_invalid_requests_with_an_error_reply(teacher: Path, tmp_
     assert "condense.epsilon" in (reply.error.reason or "")
 
 
-# ---- a real Flower simulation ------------------------------------------------------------------------------
+# ---- a real Flower simulation: `flwr run` on a simulation SuperLink (simulations.run.simulate) ------------
+def simulation_config(overrides: dict[str, Any], nodes: int = 3) -> Any:
+    """The typed job config of ``overrides`` with ``nodes`` simulated SuperNodes (one per partition)."""
+    return server_app.server_config({}, overrides | {"federation.min-nodes": nodes, "data.num-partitions": nodes})
+
+
+def policy_app(directory: Path, policies: dict[int, dict[str, Any]]) -> Path:
+    """A Flower app directory whose ClientApp is condex's with ``policies[partition-id]`` as each simulated
+    site's policy (a simulated node's config carries no ``policy-*`` keys); the ServerApp is condex's."""
+    directory.mkdir(parents=True, exist_ok=True)
+    text = (ROOT / "pyproject.toml").read_text().replace('clientapp = "client.app:app"', 'clientapp = "policy_app:app"')
+    (directory / "pyproject.toml").write_text(text)
+    (directory / "policy_app.py").write_text(
+        '"""condex\'s ClientApp with one policy per simulated partition (tests)."""\n'
+        "from client.app import build_app\n\n"
+        f"POLICIES = {json.dumps({str(k): v for k, v in policies.items()})}\n"
+        'app = build_app(policy=lambda node_config: POLICIES[str(node_config["partition-id"])])\n')
+    return directory
+
+
 @pytest.mark.slow
 def test_three_node_flower_simulation(teacher: Path, tmp_path: Path) -> None:
-    from flwr.simulation import run_simulation
+    """What simulations.run does per job and users type by hand: `flwr run <app> simulation --stream
+    --federation-config num-supernodes=3 ...` against a simulation SuperLink; the app travels as a FAB and the
+    run config carries the job."""
+    from simulations.run import simulate
 
     # dm, the default job's method: a simulated site's default policy allows it
-    overrides = tiny_overrides(teacher, tmp_path / "out") | NON_DP | {"federation.min-nodes": 3,
-                                                                      "condense.method": "dm"}
-    run_simulation(
-        server_app=server_app.build_app(overrides), client_app=client_app.build_app(overrides), num_supernodes=3,
-        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": 2}},
-    )
-    saved = read_report(tmp_path / "out")
-    assert saved["status"] == "completed", saved["error"]
+    cfg = simulation_config(tiny_overrides(teacher, tmp_path / "out") | NON_DP | {"condense.method": "dm"})
+    saved = simulate(cfg, tmp_path / "out", command="pytest simulate", timeout=900)
+    stream = (tmp_path / "out" / "flower" / "flwr-run.log").read_text()
+    assert saved["status"] == "completed", f"{saved['error']}\n{stream[-3000:]}"
+    assert saved["command"] == "pytest simulate"  # the SuperLink hands CONDEX_COMMAND on to the ServerApp
     assert saved["nodes"] == 3 and saved["payloads_accepted"] == 3
     assert all(p["num_samples"] > 0 and p["method"] == "dm" and p["ipc"] == 2 for p in saved["per_node"])
     assert all(p["source"].startswith("fashion_mnist partition") for p in saved["per_node"])
@@ -242,6 +264,8 @@ def test_three_node_flower_simulation(teacher: Path, tmp_path: Path) -> None:
     # 1 CPU per ClientApp on 2: at least two sites condensed at the same time.
     spans = sorted((p["condense_finished"] - p["condense_seconds"], p["condense_finished"]) for p in saved["per_node"])
     assert any(later[0] < earlier[1] for earlier, later in itertools.pairwise(spans)), spans
+    # the ServerApp's progress reaches `flwr run --stream`: the condense round and the distillation
+    assert "[condex] report:" in stream and "[condex] condense round:" in stream and "[condex] distilling:" in stream
 
 
 def test_sweep_results_table_collects_one_row_per_job(tmp_path: Path) -> None:
@@ -257,32 +281,6 @@ def test_sweep_results_table_collects_one_row_per_job(tmp_path: Path) -> None:
     assert "| 0 | data.alpha=0.1 | completed | 3 | 2 | 1 | 4.5 | 0.9 | 0.8 | 0.75 | 12 |" in text
     assert "| 1 | data.alpha=1.0 | failed |" in text
     assert len((tmp_path / RESULTS_JSONL).read_text().splitlines()) == 2
-
-
-@pytest.mark.slow
-def test_flwr_run_simulation_with_three_supernodes(teacher: Path, tmp_path: Path) -> None:
-    """What users type: `flwr run <app> <connection> --federation-config num-supernodes=3` against a
-    SuperLink in simulation mode (the app travels as a FAB; the run config carries the overrides)."""
-    import importlib.util
-    import sys
-
-    spec = importlib.util.spec_from_file_location("localfed", ROOT / "scripts" / "deploy" / "localfed.py")
-    assert spec is not None and spec.loader is not None
-    localfed = importlib.util.module_from_spec(spec)
-    sys.modules["localfed"] = localfed
-    spec.loader.exec_module(localfed)
-    port = localfed.free_port()
-    superlink = localfed.start_simulation_superlink(tmp_path, port)
-    try:
-        overrides = tiny_overrides(teacher, tmp_path / "out") | {"federation.min-nodes": 3}
-        output = localfed.run_simulation_app(tmp_path, port, 3, overrides, timeout=900)
-    finally:
-        superlink.stop()
-    saved = read_report(tmp_path / "out")
-    assert saved["status"] == "completed", f"{saved['error']}\n{output[-3000:]}"
-    assert saved["nodes"] == 3 and saved["payloads_accepted"] == 3
-    assert saved["command"].startswith("flwr run . --run-config") and "condense.ipc=2" in saved["command"]
-    assert "[condex] report:" in output  # the ServerApp's log is streamed back to the CLI
 
 
 def test_site_missing_the_last_classes_uses_the_teachers_class_ids(tmp_path: Path,

@@ -411,26 +411,19 @@ SIM_POLICIES = {  # partition id -> the site's policy, and the reason its refusa
 }
 
 
-def sim_policy(node_config: Any) -> dict[str, Any]:
-    return SIM_POLICIES[int(node_config["partition-id"])][0]
-
-
 @pytest.mark.slow
 def test_flower_simulation_report_names_each_sites_refusal(tmp_path: Path, fmnist_train: LabeledImages) -> None:
-    from flwr.simulation import run_simulation
-    from test_flower_sim import read_report, tiny_overrides
+    from test_flower_sim import policy_app, read_report, simulation_config, tiny_overrides
+
+    from simulations.run import simulate
 
     # an untrained teacher is enough: every site refuses, so nothing is distilled
     card = card_for_dataset(fmnist_train.info, "resnet8", {"width": 4}, role="teacher")
     torch.manual_seed(0)
     teacher = save_checkpoint(tmp_path / "teacher", build_model("resnet8", 10, 1, 28, width=4).eval(), card)
-    overrides = tiny_overrides(teacher, tmp_path / "out") | {"federation.min-nodes": 3}  # dp-dm, epsilon 8, IPC 2
-    with pytest.raises(RuntimeError, match="condex run failed"):  # the ServerApp marks the Flower run failed
-        run_simulation(
-            server_app=server_app.build_app(overrides), client_app=client_app.build_app(overrides, policy=sim_policy),
-            num_supernodes=3,
-            backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": 2}},
-        )
+    cfg = simulation_config(tiny_overrides(teacher, tmp_path / "out"))  # dp-dm, epsilon 8, IPC 2, 3 nodes
+    app = policy_app(tmp_path / "app", {k: policy for k, (policy, _) in SIM_POLICIES.items()})
+    simulate(cfg, tmp_path / "out", app_dir=app, timeout=600)
     saved = read_report(tmp_path / "out")
     assert saved["status"] == "failed" and "0 of 3" in saved["error"]  # nobody sent a payload: no distillation
     assert saved["requests_refused"] == 3 and saved["payloads_accepted"] == 0

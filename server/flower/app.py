@@ -33,16 +33,27 @@ from flwr.app import Context, Message
 from flwr.serverapp import Grid, ServerApp
 from torch import nn
 
-from server.flower.report import ACCEPTED, FAILED, REFUSED, REJECTED, TIMEOUT, NodeOutcome, RunReport
+from server.distillation.watch import check_tensorboard
+from server.flower.report import (
+    ACCEPTED,
+    FAILED,
+    REFUSED,
+    REJECTED,
+    TIMEOUT,
+    NodeOutcome,
+    RunReport,
+    write_site_plots,
+)
 from shared import wire
 from shared.checkpoint import ModelCard, load_checkpoint
-from shared.config import CondexConfig, apply_overrides, load_config, to_flat
+from shared.config import CondexConfig, config_for_run, flower_values, load_config, to_flat
 from shared.config.policy import POLICY_REFUSAL_CODE
 from shared.errors import CheckpointError, CondexError, ConfigError, DataError, PayloadError
 from shared.payload import CondensedPayload, PayloadSpec, validate_payload
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the checkout (server/flower/app.py)
 POLL_INTERVAL_S = 1.0
+PROGRESS_EVERY_S = 20.0  # `flwr run --stream` shows a progress line at least this often while the server waits
 EPSILON_TOLERANCE = 1.01  # a calibrated DP payload may land a hair above the requested epsilon
 
 
@@ -52,16 +63,14 @@ def say(text: str) -> None:
 
 
 def server_config(run_config: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> CondexConfig:
-    """Composed defaults, then the run config, then programmatic overrides (simulations, tests); validated."""
-    cfg = copy.deepcopy(load_config())
-    apply_overrides(cfg, dict(run_config))
-    apply_overrides(cfg, dict(overrides or {}))
-    return cfg.validate()
+    """The run config's setting (``setting = "cifar10_gpu"``; default ``fmnist_cpu``) composed, then the run
+    config's own entries, then programmatic overrides (tests); validated (``shared.config.config_for_run``)."""
+    return config_for_run(run_config, overrides)
 
 
 def build_app(overrides: Mapping[str, Any] | None = None) -> ServerApp:
     """A ServerApp running ``run_job``; ``overrides`` (``section.key`` entries) win over the run config, which
-    is how ``flwr.simulation.run_simulation`` callers (no run config) choose their setting."""
+    is how in-process callers (tests with a local Grid) choose their setting."""
     server_app = ServerApp()
     fixed = dict(overrides or {})
 
@@ -84,8 +93,8 @@ app = build_app()
 
 def run_command(cfg: CondexConfig) -> str:
     """``flwr run`` with the run-config entries that differ from the composed defaults (for the report)."""
-    defaults = _flower_values(to_flat(load_config()))
-    changed = {k: v for k, v in _flower_values(to_flat(cfg)).items() if defaults.get(k) != v}
+    defaults = flower_values(to_flat(load_config()))
+    changed = {k: v for k, v in flower_values(to_flat(cfg)).items() if defaults.get(k) != v}
     if not changed:
         return "flwr run ."
     pairs = " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else v}"
@@ -106,7 +115,7 @@ def run_job(grid: Grid, cfg: CondexConfig, command: str = "flwr run", out_dir: P
     """The whole federated job; always writes the report, even when it fails."""
     start = time.perf_counter()
     out_dir = out_dir or new_run_dir(cfg)
-    report = RunReport(command=command, config=_flower_values(to_flat(cfg)))
+    report = RunReport(command=command, config=flower_values(to_flat(cfg)))
     try:
         _run_stages(grid, cfg, out_dir, report)
         report.status = "completed"
@@ -128,6 +137,7 @@ def _run_stages(grid: Grid, cfg: CondexConfig, out_dir: Path, report: RunReport)
     teacher, teacher_card, teacher_path = load_teacher(cfg)
     report.teacher = {"arch": teacher_card.arch, "checkpoint": str(teacher_path), "dataset": teacher_card.dataset}
     check_engine_config(cfg, teacher_card)  # a typo in distill.* fails before the sites spend compute and budget
+    check_tensorboard(cfg.tensorboard)
     t = time.perf_counter()
     nodes = wait_for_nodes(grid, cfg.federation.min_nodes, cfg.federation.node_wait_timeout_s, cfg.federation.max_nodes)
     report.nodes_connected = len(list(grid.get_node_ids()))
@@ -137,6 +147,7 @@ def _run_stages(grid: Grid, cfg: CondexConfig, out_dir: Path, report: RunReport)
     collect_payloads(grid, nodes, cfg, payload_spec(teacher_card, cfg), teacher_card.class_names, into=collected)
     timings["condense_round"] = round(time.perf_counter() - t, 2)
     check_quorum(collected, len(nodes), cfg.federation.min_payload_fraction)
+    report.plots |= site_plots(out_dir / "sites", collected.payloads, teacher_card)
     test_set = server_test_set(cfg, teacher_card)
     report.teacher["accuracy"] = _accuracy(teacher, teacher_card, test_set)
     t = time.perf_counter()
@@ -147,6 +158,7 @@ def _run_stages(grid: Grid, cfg: CondexConfig, out_dir: Path, report: RunReport)
     report.student = {"arch": result.card.arch, "path": str(result.checkpoint), "exports": result.exports,
                       "accuracy": result.details.get("accuracy")}
     say(f"student {result.card.arch} exported to {result.checkpoint}")
+    report.plots |= {f"distillation {p.stem}": str(p) for p in sorted((out_dir / "distill" / "plots").glob("*.png"))}
     if cfg.federation.federated_eval:
         t = time.perf_counter()
         answered = [o.node_id for o in collected.outcomes if o.status in (ACCEPTED, REJECTED)]
@@ -167,6 +179,20 @@ def screen(payloads: dict[int, CondensedPayload], teacher: nn.Module, card: Mode
         raise PayloadError("screening dropped every payload (see the report's screening section); if the sites "
                            "are honest, lower screen.min_relative_agreement or set screen.enabled=false")
     return {int(name.split(":", 1)[1]): payload for name, payload in kept.items()}
+
+
+def site_plots(directory: Path, payloads: Mapping[int, CondensedPayload], card: ModelCard) -> dict[str, str]:
+    """Per-site label distributions and payload grids (``server.flower.report.write_site_plots``); a plot that
+    cannot be drawn is a line in the log, never the end of the run."""
+    try:
+        names = list(card.class_names) or [str(c) for c in range(card.num_classes)]
+        written = write_site_plots(directory, dict(payloads), names)
+    except (OSError, ValueError, RuntimeError, ImportError) as exc:
+        say(f"site plots not written ({type(exc).__name__}: {exc})")
+        return {}
+    if written:
+        say(f"site plots: {directory}")
+    return written
 
 
 def new_run_dir(cfg: CondexConfig) -> Path:
@@ -253,7 +279,7 @@ def wait_for_nodes(grid: Grid, min_nodes: int, timeout_s: float, max_nodes: int 
 
 def condense_request(cfg: CondexConfig) -> dict[str, bool | int | float | str]:
     """The condense section as run-config entries: the nodes condense exactly what the server asks for."""
-    return {k: v for k, v in _flower_values(to_flat(cfg)).items() if k.startswith("condense.")}
+    return {k: v for k, v in flower_values(to_flat(cfg)).items() if k.startswith("condense.")}
 
 
 def collect_payloads(grid: Grid, nodes: list[int], cfg: CondexConfig, spec: PayloadSpec,
@@ -271,7 +297,7 @@ def collect_payloads(grid: Grid, nodes: list[int], cfg: CondexConfig, spec: Payl
                 for node in nodes]
     say(f"condense query ({cfg.condense.method}, IPC {cfg.condense.ipc}) sent to {len(nodes)} node(s); "
         f"waiting up to {cfg.federation.reply_timeout_s:.0f}s")
-    replies = _by_source(grid.send_and_receive(messages, timeout=cfg.federation.reply_timeout_s))
+    replies = _by_source(gather_replies(grid, messages, cfg.federation.reply_timeout_s, "condense round"))
     collected = into if into is not None else Collected()
     for node in nodes:
         outcome, payload = judge_reply(node, replies.get(node), spec, cfg.federation.max_payload_bytes)
@@ -283,6 +309,29 @@ def collect_payloads(grid: Grid, nodes: list[int], cfg: CondexConfig, spec: Payl
         else:
             say(f"node {node}: {outcome.status.upper()}: {outcome.reason}")
     return collected
+
+
+def gather_replies(grid: Grid, messages: Sequence[Message], timeout: float, label: str,
+                   every: float = PROGRESS_EVERY_S) -> list[Message]:
+    """Push ``messages`` and pull their replies until all came back or ``timeout`` seconds passed (what
+    ``Grid.send_and_receive`` does), saying how many replied whenever one arrives and at least every ``every``
+    seconds, so a long condense round is visible in ``flwr run --stream``."""
+    pending = {i for i in grid.push_messages(messages) if i}
+    total, replies = len(pending), []
+    start = last = time.monotonic()
+    while pending:
+        arrived = list(grid.pull_messages(sorted(pending)))
+        pending -= {m.metadata.reply_to_message_id for m in arrived}
+        replies += arrived
+        now = time.monotonic()
+        if arrived or now - last >= every:
+            say(f"{label}: {total - len(pending)}/{total} replied after {now - start:.0f}s")
+            last = now
+        if now - start >= timeout:
+            break
+        if pending:
+            time.sleep(POLL_INTERVAL_S)
+    return replies
 
 
 def _by_source(replies: Iterable[Message]) -> dict[int, Message]:
@@ -360,6 +409,8 @@ def run_engine(teacher: nn.Module, teacher_card: ModelCard, teacher_path: Path,
                test_set: Any) -> EngineResult:
     """Guided model inversion + KD on the accepted payloads (``server.distillation``), then the export."""
     from server.distillation import Distiller, condensed_from_payloads
+    from server.distillation.plots import save_end_plots
+    from server.distillation.watch import RunWatcher
     from shared.device import select_device
 
     condensed = condensed_from_payloads({f"node:{n}": p for n, p in payloads.items()}, teacher_card)
@@ -370,8 +421,13 @@ def run_engine(teacher: nn.Module, teacher_card: ModelCard, teacher_path: Path,
     )
     say(f"distilling {cfg.distill.student} ({cfg.distill.base}, mode {cfg.distill.mode}) from "
         f"{len(distiller.condensed or [])} condensed samples")
-    result = distiller.fit()
-    card = ModelCard.read(out_dir / "distill" / "student" / "card.json")
+    run_dir = out_dir / "distill"
+    # progress lines for `flwr run --stream` (the rich bar needs a terminal); TensorBoard events if enabled
+    with RunWatcher(run_dir / "metrics.jsonl", say, every=PROGRESS_EVERY_S,
+                    tensorboard_dir=run_dir / "tensorboard" if cfg.tensorboard else None):
+        result = distiller.fit()
+    save_end_plots(distiller, test_set)
+    card = ModelCard.read(run_dir / "student" / "card.json")
     student_dir = out_dir / "student"
     exports = export_formats(result.student, card, student_dir)
     details = result.summary()
@@ -420,7 +476,7 @@ def federated_evaluation(grid: Grid, nodes: list[int], student: nn.Module, card:
     for node in nodes:
         messages.append(Message(copy.deepcopy(content), dst_node_id=node, message_type="evaluate",
                                 ttl=cfg.federation.eval_timeout_s + 60.0, group_id="evaluate"))
-    replies = _by_source(grid.send_and_receive(messages, timeout=cfg.federation.eval_timeout_s))
+    replies = _by_source(gather_replies(grid, messages, cfg.federation.eval_timeout_s, "federated evaluation"))
     by_node = {o.node_id: o for o in outcomes}
     for node in nodes:
         judge_eval_reply(replies.get(node), by_node[node])
@@ -453,19 +509,6 @@ def judge_eval_reply(reply: Message | None, outcome: NodeOutcome) -> None:
 # ---- helpers -------------------------------------------------------------------------------------------
 def _maybe_int(value: float | None) -> int | None:
     return None if value is None else int(value)
-
-
-def _flower_values(flat: Mapping[str, Any]) -> dict[str, bool | int | float | str]:
-    """Run-config compatible values: None -> "" and lists -> "a,b" (what ``apply_overrides`` reads back)."""
-    out: dict[str, bool | int | float | str] = {}
-    for key, value in flat.items():
-        if value is None:
-            out[key] = ""
-        elif isinstance(value, list | tuple):
-            out[key] = ",".join(str(v) for v in value)
-        else:
-            out[key] = value
-    return out
 
 
 if __name__ == "__main__":  # pragma: no cover - the app is started by Flower

@@ -1,6 +1,11 @@
 """The run report of one federated job: what every node sent (or why it was refused), teacher and student
 accuracy, federated evaluation and timings. Written as JSON (machine-readable, the schema of
-``benchmarks/results/default-job.json``) and as a Markdown table (printed at the end of the run)."""
+``benchmarks/results/default-job.json``) and as a Markdown table (printed at the end of the run).
+
+``write_site_plots`` adds what the server received per site: ``sites/labels.png``, the label distribution of
+every accepted payload (flwr-datasets' ``plot_label_distributions`` over a ``Partitioner`` whose partitions are
+the payloads), and ``sites/node-<id>.png``, each payload as a grid (one row per class). The report lists
+them, and the distillation's own plots (``distill/plots/run.png``, ``tsne.png``), under ``plots``."""
 
 from __future__ import annotations
 
@@ -10,9 +15,12 @@ import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from shared.io import atomic_write_text, json_safe
+from shared.io import atomic_path, atomic_write_text, json_safe
+
+if TYPE_CHECKING:
+    from shared.payload import CondensedPayload
 
 ACCEPTED, REJECTED, FAILED, TIMEOUT = "accepted", "rejected", "failed", "timeout"
 REFUSED = "refused"  # the site's privacy policy refused the request (error code 104); reason names the policy key
@@ -60,6 +68,7 @@ class RunReport:
     timings: dict[str, float] = field(default_factory=dict)
     engine: dict[str, Any] = field(default_factory=dict)  # what the distillation engine reported
     screening: dict[str, Any] = field(default_factory=dict)  # server.screening: per-node kept/dropped and why
+    plots: dict[str, str] = field(default_factory=dict)  # name -> PNG path (site label distributions, grids, run)
 
     # ---- summaries -------------------------------------------------------------------------------------
     @property
@@ -115,6 +124,7 @@ class RunReport:
             "student": self.student,
             "engine": self.engine,
             "screening": self.screening,
+            "plots": self.plots,
             "per_node": [dataclasses.asdict(o) for o in self.node_outcomes],
             "config": self.config,
         }
@@ -123,7 +133,9 @@ class RunReport:
         return json.dumps(json_safe(self.to_dict()), indent=2) + "\n"
 
     def to_markdown(self) -> str:
-        return "\n".join([*self._summary_lines(), "", *self._node_lines(), ""])
+        plots = [f"- {name}: `{path}`" for name, path in self.plots.items()]
+        return "\n".join([*self._summary_lines(), "", *self._node_lines(), "",
+                          *(["Plots:", *plots, ""] if plots else [])])
 
     def _summary_lines(self) -> list[str]:
         d = self.to_dict()
@@ -182,3 +194,69 @@ def _pct(value: float | None) -> str:
 
 def _int(value: int | None) -> str:
     return "-" if value is None else str(value)
+
+
+# ---- per-site plots -------------------------------------------------------------------------------------
+def write_site_plots(directory: str | Path, payloads: dict[int, CondensedPayload],
+                     class_names: list[str]) -> dict[str, str]:
+    """``labels.png`` and one ``node-<id>.png`` grid per payload with images, into ``directory``; name -> path.
+    A payload without images (another payload kind) is left out of both."""
+    from shared.viz import save_class_grid
+
+    directory = Path(directory)
+    shown = {n: p for n, p in sorted(payloads.items()) if len(p) and p.images.ndim == 4}
+    if not shown:
+        return {}
+    written = {"site label distributions": str(plot_site_labels(
+        {n: p.labels.tolist() for n, p in shown.items()}, class_names, directory / "labels.png"))}
+    for node, payload in shown.items():
+        path = save_class_grid(directory / f"node-{node}.png", payload.images, payload.labels, len(class_names))
+        written[f"node {node} payload"] = str(path)
+    return written
+
+
+def plot_site_labels(labels: dict[int, list[int]], class_names: list[str], path: Path) -> Path:
+    """A stacked bar per site of how many received samples each class has (flwr-datasets' plotting)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from flwr_datasets.visualization import plot_label_distributions
+    from matplotlib import pyplot as plt
+
+    partitioner = _payload_partitioner(labels, class_names)
+    fig, ax, _ = plot_label_distributions(
+        partitioner, label_name="label", plot_type="bar", size_unit="absolute", legend=len(class_names) <= 20,
+        legend_title="class", title="Condensed samples received per site and class", verbose_labels=True)
+    ax.set_xticks(range(len(labels)), [f"node {n}" for n in labels], rotation=45, ha="right", fontsize=7)
+    ax.set_xlabel("site")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _payload_partitioner(labels: dict[int, list[int]], class_names: list[str]) -> Any:
+    """A flwr-datasets ``Partitioner`` whose partition ``i`` is the ``i``-th site's payload labels (flwr-datasets
+    and Hugging Face ``datasets`` are imported only here: a run without plots does not pay for them)."""
+    from datasets import ClassLabel, Dataset, Features
+    from flwr_datasets.partitioner import Partitioner
+
+    class PayloadPartitioner(Partitioner):
+        def __init__(self) -> None:
+            super().__init__()
+            rows = [label for node in labels for label in labels[node]]
+            self.dataset = Dataset.from_dict({"label": rows},
+                                             features=Features({"label": ClassLabel(names=class_names)}))
+            self.ranges, start = [], 0
+            for node in labels:
+                self.ranges.append(range(start, start + len(labels[node])))
+                start += len(labels[node])
+
+        @property
+        def num_partitions(self) -> int:
+            return len(self.ranges)
+
+        def load_partition(self, partition_id: int) -> Any:
+            return self.dataset.select(self.ranges[partition_id])
+
+    return PayloadPartitioner()

@@ -6,9 +6,12 @@ FMNIST-CPU setting on top of them, and ``[tool.flwr.app.config]`` mirrors the co
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ from shared.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 SECTIONS = ("data", "teacher", "condense", "distill", "federation", "screen")
+DEFAULT_SETTING = "fmnist_cpu"
 
 
 @dataclass
@@ -36,8 +40,15 @@ class CondexConfig:
     seed: int = 0
     device: str = "auto"
     output_dir: str = "outputs"
+    # which configs/setting/<name>.yaml was composed (each setting file names itself); a Flower run config's
+    # `setting = "cifar10_gpu"` recomposes from that file (shared.config.runconfig)
+    setting: str = DEFAULT_SETTING
+    tensorboard: bool = False  # also log a run's metrics as TensorBoard events (the `tensorboard` extra)
 
     def validate(self) -> CondexConfig:
+        check_setting(self.setting)
+        if not isinstance(self.tensorboard, bool):
+            raise ConfigError(f"tensorboard={self.tensorboard!r} must be true or false")
         for name in SECTIONS:
             getattr(self, name).validate()
         if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
@@ -90,7 +101,8 @@ def apply_overrides(cfg: CondexConfig, values: dict[str, Any]) -> CondexConfig:
         section_name, _, field_name = key.partition(".")
         if not field_name:
             if section_name not in top or section_name in SECTIONS:
-                raise ConfigError(f"unknown config key {raw_key!r}; top-level keys are seed, device, output_dir")
+                raise ConfigError(f"unknown config key {raw_key!r}; top-level keys are "
+                                  f"{', '.join(k for k in top if k not in SECTIONS)}")
             setattr(cfg, section_name, _coerce(value, top[section_name], raw_key))
             continue
         if section_name not in SECTIONS:
@@ -122,8 +134,23 @@ def register_schema() -> None:
     ConfigStore.instance().store(name="condex_schema", node=CondexConfig)
 
 
-def load_config(overrides: list[str] | None = None, config_name: str = "condex") -> CondexConfig:
-    """Compose ``configs/<config_name>.yaml`` with Hydra (plus ``key=value`` overrides) into a validated config."""
+def setting_names() -> list[str]:
+    """The settings ``configs/setting/*.yaml`` defines (``fmnist_cpu``, ``cifar10_gpu``, ...)."""
+    return sorted(p.stem for p in (CONFIG_DIR / "setting").glob("*.yaml"))
+
+
+def check_setting(name: object) -> str:
+    """``name`` if it is a setting file of ``configs/setting/``, else a ``ConfigError`` listing them."""
+    if not isinstance(name, str) or name not in setting_names():
+        raise ConfigError(f"setting={name!r} is unknown; choose one of {', '.join(setting_names())} "
+                          f"(files in {CONFIG_DIR / 'setting'})")
+    return name
+
+
+def load_config(overrides: list[str] | None = None, config_name: str = "condex",
+                setting: str | None = None) -> CondexConfig:
+    """Compose ``configs/<config_name>.yaml`` with Hydra (plus ``key=value`` overrides) into a validated config;
+    ``setting`` picks ``configs/setting/<setting>.yaml`` instead of the default one."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
@@ -131,6 +158,8 @@ def load_config(overrides: list[str] | None = None, config_name: str = "condex")
     from omegaconf.errors import OmegaConfBaseException
 
     register_schema()
+    if setting is not None:
+        overrides = [f"setting={check_setting(setting)}", *(overrides or [])]
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
@@ -140,7 +169,8 @@ def load_config(overrides: list[str] | None = None, config_name: str = "condex")
         raise ConfigError(f"bad configuration override: {exc}{cause}") from None
     values = OmegaConf.to_container(composed, resolve=True)
     assert isinstance(values, dict)
-    values.pop("setting", None)
+    if not isinstance(values.get("setting"), str):  # each setting file names itself; a stray group node does not
+        values.pop("setting", None)
     values.pop("hydra", None)
     return from_dict(values).validate()
 
@@ -156,7 +186,47 @@ def to_flat(cfg: CondexConfig) -> dict[str, Any]:
     return flat
 
 
+def flower_values(flat: Mapping[str, Any]) -> dict[str, bool | int | float | str]:
+    """Run-config compatible values: None -> "" and lists -> "a,b" (what ``apply_overrides`` reads back)."""
+    out: dict[str, bool | int | float | str] = {}
+    for key, value in flat.items():
+        if value is None:
+            out[key] = ""
+        elif isinstance(value, list | tuple):
+            out[key] = ",".join(str(v) for v in value)
+        else:
+            out[key] = value
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _composed(setting: str) -> CondexConfig:
+    return load_config(setting=setting)
+
+
+def config_for_run(run_config: Mapping[str, Any], *layers: Mapping[str, Any] | None) -> CondexConfig:
+    """The configuration of a Flower run: the setting named by ``setting`` (in the run config or a later layer;
+    default ``fmnist_cpu``) composed from ``configs/``, then the run-config entries that differ from
+    ``[tool.flwr.app.config]``, then each layer in order (programmatic overrides, a server's request); validated.
+
+    Flower hands every run-config key to the apps, the defaults of ``pyproject.toml`` included; that mirror is
+    the default setting's composition, so an entry equal to it is Flower's default, not a choice, and does not
+    override another setting (an override equal to the FMNIST value is therefore the setting's value)."""
+    extra = [dict(layer or {}) for layer in layers]
+    setting: Any = DEFAULT_SETTING
+    for source in (run_config, *extra):
+        setting = source.get("setting", setting)
+    cfg = copy.deepcopy(_composed(check_setting(setting)))
+    mirror = flower_values(to_flat(_composed(DEFAULT_SETTING)))
+    chosen = {k: v for k, v in run_config.items() if k != "setting" and mirror.get(k) != v}
+    apply_overrides(cfg, chosen)
+    for layer in extra:
+        apply_overrides(cfg, {k: v for k, v in layer.items() if k != "setting"})
+    return cfg.validate()
+
+
 __all__ = [
-    "CondenseConfig", "CondexConfig", "DataConfig", "DistillConfig", "FederationConfig", "TeacherConfig",
-    "apply_overrides", "from_dict", "load_config", "register_schema", "to_flat",
+    "DEFAULT_SETTING", "CondenseConfig", "CondexConfig", "DataConfig", "DistillConfig", "FederationConfig",
+    "TeacherConfig", "apply_overrides", "check_setting", "config_for_run", "flower_values", "from_dict",
+    "load_config", "register_schema", "setting_names", "to_flat",
 ]

@@ -25,6 +25,8 @@ class FederationConfig:
     message_ttl_s: float = 0.0  # Flower message TTL; 0 = reply timeout + 60 s
     sim_client_cpus: int = 1  # simulations.run only: CPUs Ray reserves per simulated ClientApp; sites condense
     #                           with condense.threads (1), so 1 lets two sites condense at a time on 2 cores
+    sim_client_gpus: float = 0.0  # simulations.run only: GPU share Ray reserves per simulated ClientApp (0.5: two
+    #                               sites per GPU); > 0 needs a visible CUDA GPU (`flwr run`: client-resources-num-gpus)
 
     def validate(self) -> None:
         check_types(self, "federation")
@@ -50,6 +52,9 @@ class FederationConfig:
             )
         if not isinstance(self.sim_client_cpus, int) or self.sim_client_cpus < 1:
             raise ConfigError(f"federation.sim_client_cpus={self.sim_client_cpus!r} must be an integer >= 1")
+        if not 0.0 <= self.sim_client_gpus <= 64.0:
+            raise ConfigError(f"federation.sim_client_gpus={self.sim_client_gpus!r} must be in [0, 64] (a GPU share "
+                              "per simulated site, e.g. 0.5; 0 = CPU only)")
         if not isinstance(self.max_payload_bytes, int) or self.max_payload_bytes < 1024:
             raise ConfigError(f"federation.max_payload_bytes={self.max_payload_bytes!r} must be an integer >= 1024")
 
