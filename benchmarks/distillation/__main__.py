@@ -3,7 +3,8 @@
 
 FMNIST-CPU (``configs/setting/fmnist_cpu.yaml``): the default teacher, the configured student and the
 condensed sets. The primary set is ``dm-ipc10``: DM IPC 10, centralised, made on the fly and cached in the
-work directory (``--condensed PATH`` replaces it with a payload file/folder named ``given``);
+work directory (``--condensed PATH`` replaces it with a payload file/folder named ``given``, or
+``--condensed-name``);
 ``--condensed-set NAME=PATH`` (repeatable) adds payload files/folders (e.g. the default job's union of 10
 site payloads), on which the core distillation cases run too; ``--ipc1`` adds ``fast:mi*@ipc1`` and
 ``fast:mi@ipc1`` on ``real-ipc1``: one real training image per class drawn with the job's seed
@@ -82,6 +83,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--condensed", default=None,
                         help="payload file/folder replacing the primary set (named 'given'; default: DM IPC 10 "
                              "on the fly, named dm-ipc10)")
+    parser.add_argument("--condensed-name", default="given", help="name of the --condensed set in the results")
     parser.add_argument("--condensed-set", type=named_path, action="append", default=[], metavar="NAME=PATH",
                         help="another payload file/folder the core cases also run on (repeatable)")
     parser.add_argument("--ipc1", action="store_true",
@@ -105,15 +107,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.workers < 1 or args.threads < 1 or args.seeds < 1 or args.full_epochs < 1:
         parser.error("--workers, --threads, --seeds and --full-epochs must be >= 1")
     names = [name for name, _ in args.condensed_set]
-    if len(set(names)) != len(names) or {"given", IPC1_SET} & set(names):
-        parser.error(f"--condensed-set names must be unique and not 'given' or {IPC1_SET!r}")
+    if len(set(names)) != len(names) or {args.condensed_name, IPC1_SET} & set(names):
+        parser.error(f"--condensed-set names must be unique and not {args.condensed_name!r} or {IPC1_SET!r}")
     return args
 
 
 def primary_set(args: argparse.Namespace, work: Path, dataset: str) -> tuple[str, dict[str, Any]]:
     """The primary condensed set: given, cached, or condensed now with DM (IPC from the config)."""
     if args.condensed:
-        return "given", {"path": args.condensed, "description": f"given ({args.condensed})", "condense_seconds": 0.0}
+        return args.condensed_name, {"path": args.condensed, "description": f"given ({args.condensed})",
+                                     "condense_seconds": 0.0}
     cfg = load_config()
     name, path = f"dm-ipc{cfg.condense.ipc}", work / f"dm_ipc{cfg.condense.ipc}.safetensors"
     description = f"DM IPC {cfg.condense.ipc}, centralised on the full training set, {args.dm_seconds:.0f} s budget"
