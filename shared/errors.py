@@ -19,6 +19,10 @@ class PayloadError(CondexError, ValueError):
     """A condensed payload is malformed; the message names the field."""
 
 
+class GeneratorPayloadError(PayloadError):
+    """A generator payload (architecture, options, weights or its probe output) is malformed or not allowed."""
+
+
 class CheckpointError(CondexError, ValueError):
     """A checkpoint is missing, unreadable or does not match what was asked for."""
 

@@ -80,6 +80,11 @@ class PayloadMeta:
     clip: float | None = None
     # the teacher's class names the labels index (a folder site labels by name); None: not recorded
     class_names: list[str] | None = None
+    # generator payloads only (shared/generator_payload.py): the allow-listed architecture, its options as
+    # JSON ({"latent_dim": 32, ...}) and the classes it draws; images are drawn from it at ``ipc`` per class
+    generator: str | None = None
+    generator_options: str | None = None
+    generator_classes: list[int] | None = None
     format_version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -159,8 +164,13 @@ class CondensedPayload:
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], meta: PayloadMeta | dict[str, Any]) -> CondensedPayload:
-        """Decode wire arrays; the image dtype must match ``meta.wire_dtype``."""
+        """Decode wire arrays; the image dtype must match ``meta.wire_dtype``. A generator payload's arrays
+        (``meta.generator`` set) are checked and drawn from by ``shared.generator_payload``."""
         meta = meta if isinstance(meta, PayloadMeta) else PayloadMeta.from_dict(meta)
+        if meta.generator is not None:
+            from shared.generator_payload import GeneratorPayload
+
+            return GeneratorPayload.from_arrays(arrays, meta)
         for key in ("images", "labels"):
             if key not in arrays:
                 raise PayloadError(f"{key}: missing from the payload arrays (found {', '.join(sorted(arrays))})")
@@ -176,6 +186,13 @@ class CondensedPayload:
             raise PayloadError(f"images/labels: shapes {images.shape} / {labels.shape} must be N x C x H x W / N")
         decoded = images.astype(np.float32) / 255.0 if expected is np.uint8 else images.astype(np.float32)
         return cls(torch.from_numpy(decoded), torch.from_numpy(labels.copy()), meta)
+
+    def wire_bytes(self) -> int:
+        """Bytes this payload takes on the wire (what ``PayloadSpec.max_bytes`` caps)."""
+        return self.images.numel() * np.dtype(WIRE_DTYPES[self.meta.wire_dtype]).itemsize + 8 * len(self)
+
+    def check_source(self, spec: PayloadSpec) -> None:
+        """Checks of what the images were made from; image payloads have nothing beyond the images."""
 
     def save(self, path: str | Path) -> Path:
         """Write a safetensors file (wire arrays) whose header metadata holds ``meta`` as JSON; atomic."""
@@ -245,9 +262,10 @@ LOCAL_MAX_BYTES = 64 * 2**20
 def validate_payload(payload: CondensedPayload, expected: PayloadSpec) -> None:
     """Raise ``PayloadError`` naming the field unless ``payload`` is well formed and matches ``expected``."""
     _validate_meta(payload.meta, expected)
+    payload.check_source(expected)  # a generator payload: allow-list, weights, probe (shared/generator_payload.py)
     _validate_tensors(payload, expected)
     _validate_counts(payload)
-    wire = payload.images.numel() * np.dtype(WIRE_DTYPES[payload.meta.wire_dtype]).itemsize + 8 * len(payload)
+    wire = payload.wire_bytes()
     if wire > expected.max_bytes:
         raise PayloadError(f"payload: {wire} bytes on the wire exceeds the cap of {expected.max_bytes} bytes")
 

@@ -4,7 +4,10 @@ A condense **reply** is a ``RecordDict`` with
 
 * ``"payload"`` (ArrayRecord): ``images`` (uint8 or float16, N x C x H x W) and ``labels`` (int64 N), the
   arrays of ``CondensedPayload.to_arrays``; Flower serialises them with ``np.save`` and reads them with
-  ``allow_pickle=False``, so a hostile node cannot smuggle objects in;
+  ``allow_pickle=False``, so a hostile node cannot smuggle objects in. A *generator payload* (``meta``
+  names an allow-listed ``generator``: d2m, gendd, dp-*) carries instead one float32 array ``gen.<weight>``
+  per weight of its conditional generator; decoding checks it and draws the prototypes
+  (``shared.generator_payload``), at the IPC the server passes, so the server sees images either way;
 * ``"payload-meta"`` (ConfigRecord): ``PayloadMeta.to_dict`` (method, IPC, shape, normalisation, privacy
   accounting, ...);
 * ``"node-metrics"`` (MetricRecord): epsilon, condensation time, and, for non-DP payloads only, the local
@@ -35,6 +38,7 @@ from torch import nn
 
 from shared.checkpoint import ModelCard, build_from_card, load_state_dict_checked
 from shared.errors import CheckpointError, PayloadError
+from shared.generator_payload import WEIGHT_PREFIX, GeneratorPayload
 from shared.payload import CondensedPayload, PayloadMeta
 
 PAYLOAD = "payload"
@@ -66,8 +70,10 @@ def content_bytes(content: RecordDict) -> int:
     return sum(record.count_bytes() for record in content.array_records.values())
 
 
-def payload_from_content(content: RecordDict, max_bytes: int | None = None) -> CondensedPayload:
-    """Decode a condense reply; raise ``PayloadError`` naming the missing/oversized/mistyped part."""
+def payload_from_content(content: RecordDict, max_bytes: int | None = None,
+                         ipc: int | None = None) -> CondensedPayload:
+    """Decode a condense reply; raise ``PayloadError`` naming the missing/oversized/mistyped part. A generator
+    payload is checked and drawn from at ``ipc`` images per class (None: its ``meta.ipc``)."""
     if PAYLOAD not in content.array_records:
         raise PayloadError(f"reply has no ArrayRecord {PAYLOAD!r} (records: {', '.join(content) or 'none'})")
     if PAYLOAD_META not in content.config_records:
@@ -76,12 +82,25 @@ def payload_from_content(content: RecordDict, max_bytes: int | None = None) -> C
     size = record.count_bytes()
     if max_bytes is not None and size > max_bytes:
         raise PayloadError(f"{PAYLOAD}: {size} bytes exceeds federation.max_payload_bytes={max_bytes}")
+    meta = PayloadMeta.from_dict(_plain_config(content.config_records[PAYLOAD_META]))
+    if meta.generator is not None:
+        return _generator_from_record(record, meta, max_bytes, ipc)
     unknown = sorted(set(record) - set(PAYLOAD_ARRAYS))
     if unknown:
         raise PayloadError(f"{PAYLOAD}: unexpected array(s) {', '.join(unknown)}; expected images and labels")
     arrays = {name: _to_numpy(record, name, max_bytes) for name in PAYLOAD_ARRAYS if name in record}
-    meta = PayloadMeta.from_dict(_plain_config(content.config_records[PAYLOAD_META]))
     return CondensedPayload.from_arrays(arrays, meta)
+
+
+def _generator_from_record(record: ArrayRecord, meta: PayloadMeta, max_bytes: int | None,
+                           ipc: int | None) -> GeneratorPayload:
+    """A generator payload: only ``gen.*`` arrays, each a plain .npy within the cap; then the strict decode."""
+    foreign = sorted(name for name in record if not name.startswith(WEIGHT_PREFIX))
+    if foreign:
+        raise PayloadError(f"{PAYLOAD}: array(s) {', '.join(foreign[:5])} in a generator payload (meta.generator="
+                           f"{meta.generator!r}); it carries only {WEIGHT_PREFIX}<weight> arrays")
+    arrays = {name: _to_numpy(record, name, max_bytes) for name in record}
+    return GeneratorPayload.from_arrays(arrays, meta, ipc=ipc)
 
 
 def _to_numpy(record: ArrayRecord, name: str, max_bytes: int | None = None) -> np.ndarray:

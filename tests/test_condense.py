@@ -48,8 +48,8 @@ def config(method: str, **changes: object) -> CondenseConfig:
 
 
 def test_registry_lists_every_method() -> None:
-    assert condenser_names() == ["dm", "dp-dm", "dp-gm", "gm", "real"]
-    with pytest.raises(UnknownNameError, match="dm, dp-dm"):
+    assert condenser_names() == ["d2m", "dm", "dp-d2m", "dp-dm", "dp-gendd", "dp-gm", "gendd", "gm", "real"]
+    with pytest.raises(UnknownNameError, match="d2m, dm, dp-d2m"):
         get_condenser("mtt")
     with pytest.raises(ConfigError, match=r"condense\.method"):
         CondenseConfig(method="mtt").validate()

@@ -2,10 +2,12 @@
 
 Methods (one module each, registered in ``condensers``): ``dm`` (distribution matching, CPU default),
 ``gm`` (gradient matching with DSA), ``real`` (few-shot real samples), ``dp-dm`` and ``dp-gm``
-(differentially private, Opacus RDP accounting). ``condense(data, cfg)`` runs ``cfg.method``.
+(differentially private, Opacus RDP accounting), and the generative ``d2m`` and ``gendd`` (the payload is a
+conditional generator) with their DP variants ``dp-d2m`` and ``dp-gendd``. ``condense(data, cfg)`` runs
+``cfg.method``.
 """
 
-from client.condense import dm, dp_dm, dp_gm, gm, real  # noqa: F401  (fill the registry)
+from client.condense import d2m, dm, dp_d2m, dp_dm, dp_gendd, dp_gm, gendd, gm, real  # noqa: F401  (registry)
 from client.condense.base import Condenser, condense, condenser_names, condensers, get_condenser
 
 __all__ = ["Condenser", "condense", "condenser_names", "condensers", "get_condenser"]

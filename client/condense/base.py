@@ -78,6 +78,7 @@ class Synthesis:
     iterations: int
     losses: list[float] = field(default_factory=list)
     privacy: PrivacyReport | None = None
+    generator: torch.nn.Module | None = None  # generative methods: the trained conditional generator (the payload)
 
 
 class Condenser(ABC):
@@ -101,7 +102,11 @@ class Condenser(ABC):
         start = time.perf_counter()
         with torch_threads(cfg.threads or None):
             result = self.synthesize(local, cfg, generator, progress)
-        return make_payload(self.name, local, cfg, result, time.perf_counter() - start)
+        return self.pack(local, cfg, result, time.perf_counter() - start)
+
+    def pack(self, local: LocalData, cfg: CondenseConfig, result: Synthesis, seconds: float) -> CondensedPayload:
+        """The payload of ``result`` (images + metadata; generative methods send their generator instead)."""
+        return make_payload(self.name, local, cfg, result, seconds)
 
     @abstractmethod
     def synthesize(self, local: LocalData, cfg: CondenseConfig, generator: torch.Generator,
@@ -232,14 +237,16 @@ def group_means(values: torch.Tensor, groups: torch.Tensor, num_groups: int) -> 
 
 
 class TimeBudget:
-    """``exhausted()`` once ``seconds`` have passed (never when ``seconds`` is 0)."""
+    """``exhausted()`` once ``seconds`` have passed (never when ``seconds`` is 0): wall-clock seconds, or with
+    ``clock="process"`` this process's CPU seconds (what a method gets on a machine shared with other jobs)."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, clock: str = "wall") -> None:
         self.seconds = seconds
-        self.start = time.perf_counter()
+        self.now = time.process_time if clock == "process" else time.perf_counter
+        self.start = self.now()
 
     def exhausted(self) -> bool:
-        return self.seconds > 0 and time.perf_counter() - self.start >= self.seconds
+        return self.seconds > 0 and self.now() - self.start >= self.seconds
 
 
 def make_payload(method: str, local: LocalData, cfg: CondenseConfig, result: Synthesis,

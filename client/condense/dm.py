@@ -43,7 +43,7 @@ class DistributionMatching(Condenser):
         syn, groups, optimizer, augment = state.images, state.groups, state.optimizer, state.augment
         self.begin(local, cfg)
         losses: list[float] = []
-        budget = TimeBudget(cfg.time_budget_s)
+        budget = TimeBudget(cfg.time_budget_s, cfg.time_budget_clock)
         with progress_bar(cfg.iterations, f"condense {self.name}", enabled=progress) as bar:
             for _ in range(cfg.iterations):
                 net = matching_net(local, cfg).requires_grad_(False)

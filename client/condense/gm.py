@@ -67,7 +67,7 @@ class GradientMatching(Condenser):
         outer, inner = self.schedule(cfg)
         self.begin(local, cfg, releases=cfg.iterations * outer)
         losses: list[float] = []
-        budget = TimeBudget(cfg.time_budget_s)
+        budget = TimeBudget(cfg.time_budget_s, cfg.time_budget_clock)
         done = 0
         with progress_bar(cfg.iterations, f"condense {self.name}", enabled=progress) as bar:
             while done < cfg.iterations and not budget.exhausted():
