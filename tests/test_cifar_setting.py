@@ -139,5 +139,6 @@ def test_a_cifar10_gpu_job_runs_on_cpu_with_tiny_sites(tmp_path: Path, monkeypat
     assert saved["teacher"]["arch"] == "resnet34"
     assert saved["config"]["setting"] == "cifar10_gpu" and saved["config"]["data.dataset"] == "cifar10"
     assert saved["student_accuracy"] is None  # no CIFAR-10 test split at the server: left empty, not failed
-    assert {"site label distributions", "node 1 payload", "node 2 payload"} <= set(saved["plots"])
+    assert {"site label distributions", "node 1 payload", "node 2 payload", "distillation run",
+            "distillation tsne"} <= set(saved["plots"])
     assert all(Path(p).is_file() for p in saved["plots"].values())

@@ -113,3 +113,20 @@ def test_an_unknown_setting_is_refused_with_the_choices() -> None:
         load_config(setting="nope")
     with pytest.raises(ConfigError, match=r"federation.sim_client_gpus=-1.0 must be in \[0, 64\]"):
         config_for_run({"federation.sim-client-gpus": -1.0})
+
+
+def test_flower_app_metadata_and_the_tested_flwr_range() -> None:
+    """[project] and [tool.flwr.app] carry what flwr 1.42 validates and recommends, and the flwr dependency is
+    bounded to the minor version the suite runs (issue 12.8)."""
+    import flwr
+    from flwr.common.config import validate_fields_in_config
+    from packaging.requirements import Requirement
+
+    conf = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    valid, errors, warnings = validate_fields_in_config(conf)
+    assert valid and not errors and not warnings, (errors, warnings)
+    (flwr_dep,) = [Requirement(d) for d in conf["project"]["dependencies"] if Requirement(d).name == "flwr"]
+    app = conf["tool"]["flwr"]["app"]
+    assert flwr.__version__ in flwr_dep.specifier and app["flwr-version-target"] in flwr_dep.specifier
+    assert "1.43.0" not in flwr_dep.specifier and app["publisher"] and app["display-name"]
+    assert conf["project"]["description"] and conf["project"]["license"]

@@ -126,7 +126,9 @@ def plot_feature_tsne(teacher: torch.nn.Module, groups: dict[str, tuple[torch.Te
         start += len(labels)
         colours = cmap(labels.numpy() % 10 if len(class_names) <= 10 else labels.numpy() / max(1, len(class_names) - 1))
         ax.scatter(xy[:, 0], xy[:, 1], c=colours, label=f"{name} ({len(labels)})", **styles.get(name, {}))
-    ax.legend(fontsize=8, loc="best")
+    legend = ax.legend(fontsize=8, loc="best")
+    for handle in legend.legend_handles:  # the marker says the group; colours are classes
+        handle.set_color("dimgray")
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title or "t-SNE of teacher features (colour: class)", fontsize=10)

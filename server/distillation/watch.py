@@ -77,7 +77,9 @@ class RunWatcher:
                  trace: TracebackType | None) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
-        self.read_new()  # what the last epoch wrote
+        self.read_new()  # what the last epoch and the final evaluation wrote
+        if kind is None and self.last_epoch is not None:
+            self.say(progress_line(self.last_epoch, self.last_eval, 0.0) + " (finished)")
         if self.writer is not None:
             self.writer.close()
 
