@@ -241,7 +241,8 @@ def main(composed: DictConfig) -> None:
         report = simulate(cfg, job_dir, " ".join(["python -m simulations.run", *hc.overrides.task]))
     row = result_row(str(hc.job.get("num", 0)), list(hc.overrides.task), report)
     table = append_result(sweep_dir, row)
-    print(f"[condex] job {row['job']}: {row['status']}; results table {table}", flush=True)
+    error = f" ({row['error']})" if row.get("error") else ""
+    print(f"[condex] job {row['job']}: {row['status']}{error}; results table {table}", flush=True)
 
 
 if __name__ == "__main__":

@@ -268,6 +268,17 @@ def test_three_node_flower_simulation(teacher: Path, tmp_path: Path) -> None:
     assert "[condex] report:" in stream and "[condex] condense round:" in stream and "[condex] distilling:" in stream
 
 
+def test_simulation_resources_come_from_the_config_and_a_gpu_share_needs_a_gpu(tmp_path: Path) -> None:
+    from simulations.run import federation_config, simulate
+
+    cfg = server_app.server_config({}, {"setting": "cifar10_gpu", "data.num-partitions": 4})
+    assert federation_config(cfg) == "num-supernodes=4 client-resources-num-cpus=1 client-resources-num-gpus=0.5"
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is visible: the share would be granted")
+    saved = simulate(cfg, tmp_path / "out")  # refused before any SuperLink starts
+    assert saved["status"] == "failed" and "federation.sim_client_gpus=0.5 but no CUDA GPU" in saved["error"]
+
+
 def test_sweep_results_table_collects_one_row_per_job(tmp_path: Path) -> None:
     from simulations.run import RESULTS_JSONL, append_result, result_row
 
