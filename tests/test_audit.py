@@ -22,7 +22,7 @@ from client.policy import PolicyGuard, site_policy
 from client.task import LocalData
 from shared import wire
 from shared.config import load_config
-from shared.config.policy import SIMULATED, PolicyRefusal, parse_policy
+from shared.config.policy import DEPLOYED, SIMULATED, PolicyRefusal, parse_policy
 from shared.data import LabeledImages, few_shot_indices
 from shared.errors import CondexError, ConfigError
 from shared.privacy.audit import AuditSettings, audit_payload, audit_student, evaluate_attack, teacher_embedding
@@ -136,7 +136,11 @@ def test_audit_thresholds_are_parsed_and_validated() -> None:
     policy = parse_policy({"policy-max-mia-auc": "0.6", "policy-max-memorization": "none"}, SIMULATED)
     assert policy.max_mia_auc == 0.6 and policy.max_memorization is None and policy.audits
     assert "policy-max-mia-auc=0.6" in policy.describe()
-    assert not parse_policy({}, SIMULATED).audits
+    assert parse_policy({}, SIMULATED).audits and not parse_policy({}, DEPLOYED).audits  # policy-audit defaults
+    assert parse_policy({"policy-audit": "true"}, DEPLOYED).audits
+    assert not parse_policy({"policy-audit": False}, SIMULATED).audits
+    with pytest.raises(ConfigError, match="policy-audit=1 must be true or false"):
+        parse_policy({"policy-audit": 1}, SIMULATED)
     with pytest.raises(ConfigError, match=r"policy-max-mia-auc='1\.5' must be in"):
         parse_policy({"policy-max-mia-auc": "1.5"}, SIMULATED)
     with pytest.raises(ConfigError, match="policy-max-memorization='x' is not a number"):

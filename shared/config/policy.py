@@ -18,9 +18,11 @@ server's request can set or relax it (their ``policy.*`` keys are unknown config
 | ``policy-evaluate`` | answer ``evaluate`` requests (accuracy on held-out data, not DP) | true | true |
 | ``policy-max-mia-auc`` | audit each payload; refuse it when a membership attack's AUC exceeds this | none | none |
 | ``policy-max-memorization`` | audit each payload; refuse it when a larger share of it is memorised | none | none |
+| ``policy-audit`` | audit each payload and send its ``audit-*`` figures even without a threshold | false | true |
 
-With an audit threshold the site runs ``shared.privacy.audit`` on each payload before sending it (training
-vs held-out images; "memorised": closer to a training image than 95% of held-out images are).
+With an audit threshold, or ``policy-audit=true``, the site runs ``shared.privacy.audit`` on each payload
+before sending it (training vs held-out images; "memorised": closer to a training image than 95% of held-out
+images are).
 
 "none" (the string) means no bound. A key left out takes the default of the kind of site: *deployed*
 (its own data, ``data-dir`` in the node config, or ``condex condense --dataset folder``) or *simulated*
@@ -71,6 +73,9 @@ class SitePolicy:
     evaluate: bool = True
     max_mia_auc: float | None = None  # shared.privacy.audit: AuditReport.max_auc
     max_memorization: float | None = None  # shared.privacy.audit: AuditReport.max_share
+    # audit every payload even without a threshold, so the server's report shows each site's figures (the
+    # simulation's default: its sites hold public data; a deployed site opts in, the figures are not DP)
+    audit: bool = False
     kind: str = SIMULATED  # which defaults filled the keys the site left out
 
     # ---- the checks ------------------------------------------------------------------------------------
@@ -112,8 +117,8 @@ class SitePolicy:
 
     @property
     def audits(self) -> bool:
-        """Whether the site audits each payload before sending it (a threshold is set)."""
-        return self.max_mia_auc is not None or self.max_memorization is not None
+        """Whether the site audits each payload before sending it (``policy-audit`` or a threshold is set)."""
+        return self.audit or self.max_mia_auc is not None or self.max_memorization is not None
 
     def check_audit(self, auc: float | None, share: float | None) -> None:
         """Refuse a payload whose audit (``AuditReport.max_auc`` / ``max_share``) exceeds a threshold."""
@@ -139,22 +144,23 @@ class SitePolicy:
         return f"{self.kind} site policy: " + " ".join(f"{k}={v}" for k, v in self.to_node_config().items())
 
 
-# node-config key -> SitePolicy field. The audit thresholds are kept apart (AUDIT_KEYS): `condex condense`
-# mirrors KEYS as flags and does not audit (`condex audit` takes the thresholds); every parser takes both.
+# node-config key -> SitePolicy field. The audit keys are kept apart: `condex condense` mirrors KEYS as flags
+# and does not audit; `condex audit` takes the thresholds (AUDIT_KEYS) and always audits; every parser takes all.
 AUDIT_FIELDS = ("max_mia_auc", "max_memorization")
 KEYS = {f"{POLICY_PREFIX}{f.name.replace('_', '-')}": f.name for f in fields(SitePolicy)
-        if f.name != "kind" and f.name not in AUDIT_FIELDS}
+        if f.name not in ("kind", "audit", *AUDIT_FIELDS)}
 AUDIT_KEYS = {f"{POLICY_PREFIX}{name.replace('_', '-')}": name for name in AUDIT_FIELDS}
-ALL_KEYS = KEYS | AUDIT_KEYS
+ALL_KEYS = KEYS | AUDIT_KEYS | {f"{POLICY_PREFIX}audit": "audit"}
 
 
 def default_policy(kind: str) -> SitePolicy:
     """The policy of a site that sets no ``policy-*`` key: deployed sites send only DP payloads with epsilon
-    <= 10 and delta <= 1e-5 per run; simulated sites (public data, the default job's ``dm``) allow everything."""
+    <= 10 and delta <= 1e-5 per run; simulated sites (public data) allow every method and audit every payload,
+    so the default job's report shows each site's audit figures."""
     if kind == DEPLOYED:
         return SitePolicy(require_dp=True, max_epsilon=10.0, max_delta=1e-5, kind=DEPLOYED)
     if kind == SIMULATED:
-        return SitePolicy(kind=SIMULATED)
+        return SitePolicy(audit=True, kind=SIMULATED)
     raise ConfigError(f"site kind {kind!r} must be {DEPLOYED!r} or {SIMULATED!r}")
 
 
@@ -317,6 +323,6 @@ def _ledger(where: str, value: Any) -> str | None:
 _PARSERS = {
     "methods": _methods, "require_dp": _bool, "max_epsilon": _epsilon, "max_delta": _max_delta, "max_ipc": _ipc,
     "lifetime_epsilon": _epsilon, "lifetime_delta": _delta, "ledger": _ledger, "evaluate": _bool,
-    "max_mia_auc": _fraction, "max_memorization": _fraction,
+    "max_mia_auc": _fraction, "max_memorization": _fraction, "audit": _bool,
 }
 assert set(_PARSERS) == set(ALL_KEYS.values())
