@@ -138,7 +138,7 @@ def test_dsa_is_siamese_and_differentiable() -> None:
     assert x.grad is not None and torch.isfinite(x.grad).all()
 
 
-def test_cli_writes_payload_and_grid(tmp_path: Path) -> None:
+def test_cli_writes_payload_and_grid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from shared.cli import main
 
     output = tmp_path / "site3.safetensors"
@@ -150,6 +150,8 @@ def test_cli_writes_payload_and_grid(tmp_path: Path) -> None:
     validate_payload(payload, SPEC)
     held = [c for c, n in enumerate(payload.meta.local_class_counts) if n > 0]
     assert sorted(set(payload.labels.tolist())) == held
+    warning = capsys.readouterr().err  # a non-DP payload is never sent silently: the audit figure is named
+    assert "condense.method=dm is not differentially private" in warning and "docs/privacy.md#audit" in warning
 
 
 def test_cli_reports_config_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -26,6 +26,7 @@ class 7), so the payload's labels are the teacher's class ids whichever classes 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from shared.data import LabeledImages, few_shot_indices, load_dataset, partition
 from shared.data.sources import load_folder
 from shared.errors import ConfigError
 from shared.payload import CondensedPayload, PayloadSpec, validate_payload
+from shared.privacy.notice import non_dp_warning
 from shared.viz import save_class_grid
 
 # flag -> config key; None-valued flags are left to the configuration
@@ -198,6 +200,8 @@ def run(args: argparse.Namespace) -> int:
     if stats is not None or data.info.name == "folder":
         data = with_public_stats(data, stats)
     guard.check_plan(data, cfg.condense)
+    if not cfg.condense.private:
+        print(non_dp_warning(cfg.condense.method), file=sys.stderr)
     payload = condense(data, cfg.condense, progress=not args.quiet, device=cfg.device)
     info = data.info
     released = payload.released()  # what the file holds: a DP payload without class counts
