@@ -273,6 +273,8 @@ def test_simulation_resources_come_from_the_config_and_a_gpu_share_needs_a_gpu(t
 
     cfg = server_app.server_config({}, {"setting": "cifar10_gpu", "data.num-partitions": 4})
     assert federation_config(cfg) == "num-supernodes=4 client-resources-num-cpus=1 client-resources-num-gpus=0.5"
+    # the report's command names the setting and only what differs from it
+    assert server_app.run_command(cfg) == "flwr run . --run-config 'setting=\"cifar10_gpu\" data.num-partitions=4'"
     if torch.cuda.is_available():
         pytest.skip("a CUDA GPU is visible: the share would be granted")
     saved = simulate(cfg, tmp_path / "out")  # refused before any SuperLink starts

@@ -46,7 +46,7 @@ from server.flower.report import (
 )
 from shared import wire
 from shared.checkpoint import ModelCard, load_checkpoint
-from shared.config import CondexConfig, config_for_run, flower_values, load_config, to_flat
+from shared.config import DEFAULT_SETTING, CondexConfig, config_for_run, flower_values, load_config, to_flat
 from shared.config.policy import POLICY_REFUSAL_CODE
 from shared.errors import CheckpointError, CondexError, ConfigError, DataError, PayloadError
 from shared.payload import CondensedPayload, PayloadSpec, validate_payload
@@ -92,13 +92,15 @@ app = build_app()
 
 
 def run_command(cfg: CondexConfig) -> str:
-    """``flwr run`` with the run-config entries that differ from the composed defaults (for the report)."""
-    defaults = flower_values(to_flat(load_config()))
+    """``flwr run`` with the run's setting (unless the default) and the run-config entries that differ from that
+    setting's composition (for the report)."""
+    defaults = flower_values(to_flat(load_config(setting=cfg.setting)))
     changed = {k: v for k, v in flower_values(to_flat(cfg)).items() if defaults.get(k) != v}
-    if not changed:
+    setting = {"setting": cfg.setting} if cfg.setting != DEFAULT_SETTING else {}
+    if not changed and not setting:
         return "flwr run ."
     pairs = " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else v}"
-                     for k, v in sorted(changed.items()))
+                     for k, v in [*setting.items(), *sorted(changed.items())])
     return f"flwr run . --run-config '{pairs}'"
 
 
