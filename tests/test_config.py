@@ -73,7 +73,8 @@ def test_sync_script_check_mode() -> None:
 
 
 # ---- settings (issue 12.6): configs/setting/*.yaml, chosen by `setting` ------------------------------------
-@pytest.mark.parametrize(("setting", "dataset", "ipc"), [("cifar10_gpu", "cifar10", 5), ("cifar100_gpu", "cifar100", 1)])
+@pytest.mark.parametrize(("setting", "dataset", "ipc"),
+                         [("cifar10_gpu", "cifar10", 5), ("cifar100_gpu", "cifar100", 1)])
 def test_cifar_settings_compose_the_papers_first_pair(setting: str, dataset: str, ipc: int) -> None:
     from shared.config import setting_names
 
