@@ -4,6 +4,7 @@ label distributions and payload grids, the progress lines a Flower run streams, 
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import time
@@ -106,3 +107,18 @@ def test_tensorboard_events_of_each_record(tmp_path: Path) -> None:
     with RunWatcher(metrics, lambda _: None, tensorboard_dir=tmp_path / "tb", poll=0.05):
         pass
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+
+
+def test_report_shows_each_sites_privacy_and_audit() -> None:
+    from server.flower.report import NodeOutcome
+
+    dp = NodeOutcome(3, "accepted", method="dp-dm", num_samples=90, ipc=10, epsilon=9.99, delta=1e-5,
+                     audit={"audit-mia-auc": 0.507, "audit-memorization-share": 0.0})
+    dm = NodeOutcome(4, "accepted", method="dm", num_samples=80, ipc=10, epsilon=math.inf,
+                     audit={"audit-mia-auc": 0.528, "audit-memorization-share": 1.0})
+    unaudited = NodeOutcome(5, "refused", method="dm", reason="policy-require-dp=true: ...")
+    rows = {line.split(" | ")[0]: line for line in RunReport(command="pytest", config={},
+            node_outcomes=[dp, dm, unaudited]).to_markdown().splitlines() if line.startswith("| ")}
+    assert "| (9.99, 1e-05) | 0.507 / 0% |" in rows["| 3"]
+    assert "| inf | 0.528 / 100% |" in rows["| 4"]
+    assert "| dm | 0 | 0 | - | - |" in rows["| 5"]

@@ -155,17 +155,18 @@ class RunReport:
         return ["| run | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows]]
 
     def _node_lines(self) -> list[str]:
-        head = ("| node | status | source | method | samples | IPC | epsilon | condense s | local train/test "
-                "| fed-eval acc | reason |")
-        lines = [head, "|" + "---|" * 11]
+        head = ("| node | status | source | method | samples | IPC | (epsilon, delta) | audit: MIA AUC / memorised "
+                "| condense s | local train/test | fed-eval acc | reason |")
+        lines = [head, "|" + "---|" * 12]
         for o in self.node_outcomes:
             eps = "-" if o.epsilon is None else (f"{o.epsilon:.3g}" if math.isfinite(o.epsilon) else "inf")
+            eps = eps if o.delta is None or o.epsilon is None else f"({eps}, {o.delta:.0e})"
             secs = "-" if o.condense_seconds is None else f"{o.condense_seconds:.1f}"
             local = f"{_int(o.local_train)}/{_int(o.local_test)}"
             acc = _pct(o.eval_accuracy) if o.eval_accuracy is not None else (o.eval_error[:40] or "-")
             reason = o.reason.replace("|", "/").replace("\n", " ") or "-"  # whole: a refusal names its policy key
             lines.append(f"| {o.node_id} | {o.status} | {o.source or '-'} | {o.method or '-'} | {o.num_samples} "
-                         f"| {o.ipc} | {eps} | {secs} | {local} | {acc} | {reason} |")
+                         f"| {o.ipc} | {eps} | {_audit(o.audit)} | {secs} | {local} | {acc} | {reason} |")
         return lines
 
     def write(self, directory: str | Path) -> tuple[Path, Path]:
@@ -174,6 +175,14 @@ class RunReport:
         json_path = atomic_write_text(directory / "report.json", self.to_json())
         md_path = atomic_write_text(directory / "report.md", self.to_markdown())
         return json_path, md_path
+
+
+def _audit(figures: dict[str, float]) -> str:
+    """The site's strongest payload attack's AUC and the share of its images memorised (docs/privacy.md#audit)."""
+    auc, share = figures.get("audit-mia-auc"), figures.get("audit-memorization-share")
+    if auc is None and share is None:
+        return "-"
+    return f"{'-' if auc is None else f'{auc:.3f}'} / {'-' if share is None else f'{100 * share:.0f}%'}"
 
 
 def _screening_line(screening: dict[str, Any]) -> str:
