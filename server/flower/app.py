@@ -50,6 +50,7 @@ from shared.config import DEFAULT_SETTING, CondexConfig, config_for_run, flower_
 from shared.config.policy import POLICY_REFUSAL_CODE
 from shared.errors import CheckpointError, CondexError, ConfigError, DataError, PayloadError
 from shared.payload import CondensedPayload, PayloadSpec, validate_payload
+from shared.privacy.notice import non_dp_warning
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the checkout (server/flower/app.py)
 POLL_INTERVAL_S = 1.0
@@ -140,6 +141,8 @@ def _run_stages(grid: Grid, cfg: CondexConfig, out_dir: Path, report: RunReport)
     report.teacher = {"arch": teacher_card.arch, "checkpoint": str(teacher_path), "dataset": teacher_card.dataset}
     check_engine_config(cfg, teacher_card)  # a typo in distill.* fails before the sites spend compute and budget
     check_tensorboard(cfg.tensorboard)
+    if not cfg.condense.private:  # the sites will send non-DP payloads: say what that means, with the figure
+        say(non_dp_warning(cfg.condense.method))
     t = time.perf_counter()
     nodes = wait_for_nodes(grid, cfg.federation.min_nodes, cfg.federation.node_wait_timeout_s, cfg.federation.max_nodes)
     report.nodes_connected = len(list(grid.get_node_ids()))
