@@ -47,13 +47,27 @@ def test_poison_replaces_the_first_sites_by_name_only() -> None:
 
 
 def test_summary_judges_the_one_point_target() -> None:
-    base = {"attack": None, "screened": True, "hostile_sites": [], "sites": 10, "samples_received": 100,
+    base = {"content": "a", "attack": None, "screened": True, "hostile_sites": [], "sites": 10, "samples_received": 100,
             "samples_kept": 100, "rejected_sites": [], "hostile_samples_kept": 0, "screening": {}, "path": "x"}
-    sets = {"clean": base, "flip": base | {"attack": "flip"}, "flip-unscreened": base | {"screened": False}}
+    sets = {"clean": base, "flip": base | {"attack": "flip", "content": "b"},
+            "noise": base | {"attack": "noise", "content": "b"},  # screening left the same sites as for flip
+            "flip-unscreened": base | {"screened": False, "content": "c"}}
     cases = [{"case": "fast:mi*", "condensed": n, "accuracy": {"mean": m, "std": 0.01, "n": 3}}
              for n, m in (("clean", 0.80), ("flip", 0.795), ("flip-unscreened", 0.60))]
     results = summarize(sets, {"cases": cases})
     assert results["sets"]["flip"]["points_lost"] == pytest.approx(0.5)
+    assert results["sets"]["noise"]["distilled_as"] == "flip" and results["sets"]["noise"]["points_lost"] == \
+        pytest.approx(0.5)
     assert results["target"] == {"max_points_lost": 1.0, "worst_screened": pytest.approx(0.5), "met": True}
     cases[1]["accuracy"]["mean"] = 0.78
     assert summarize(sets, {"cases": cases})["target"]["met"] is False
+
+
+def test_content_hash_tells_equal_kept_sets_from_different_ones() -> None:
+    from benchmarks.poisoning.__main__ import content_hash
+
+    a = {"site0.safetensors": _site(0), "site1.safetensors": _site(1)}
+    again = {"site1.safetensors": _site(1), "site0.safetensors": _site(0)}
+    assert content_hash(a) == content_hash(again)
+    assert content_hash(a) != content_hash(poison(a, "flip", 1)[0])
+    assert content_hash(a) != content_hash({"site0.safetensors": _site(0)})

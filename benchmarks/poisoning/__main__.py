@@ -13,7 +13,8 @@ receives it (``released()``: the wire encoding, decoded), then ``screen_payloads
 * ``ATTACK-unscreened`` (``--unscreened``): the same poisoned payloads with screening off, to show what the
   attack costs without the filter.
 
-Each set is distilled with ``fast:mi*`` (the default engine) by the distillation benchmark
+Each distinct set (sets whose kept samples are identical, e.g. every attack whose hostile sites screening
+rejects whole, are distilled once) is distilled with ``fast:mi*`` (the default engine) by the distillation benchmark
 (``benchmarks/distillation``: one process per job, seeds 0..N-1, 1 thread each, the same wall-time budget),
 into ``RESULTS/poisoning-distillation.{json,md,png}``. This module then writes ``RESULTS/poisoning.{json,md,png}``:
 per set the screening outcome (sites rejected, samples kept) and the student's accuracy (mean +- std over
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import shlex
 import shutil
@@ -112,7 +114,8 @@ def build_set(name: str, attack: str | None, screened: bool, args: argparse.Name
     staging.rename(folder)
     sites = report.get("sites", {})
     return {
-        "path": str(folder), "attack": attack, "screened": screened, "hostile_sites": hostile,
+        "path": str(folder), "content": content_hash(kept), "attack": attack, "screened": screened,
+        "hostile_sites": hostile,
         "sites": len(received), "samples_received": sum(len(p) for p in received.values()),
         "samples_kept": sum(len(p) for p in kept.values()),
         "rejected_sites": sorted(n for n, s in sites.items() if s.get("rejected")),
@@ -121,8 +124,25 @@ def build_set(name: str, attack: str | None, screened: bool, args: argparse.Name
     }
 
 
+def content_hash(payloads: dict[str, Any]) -> str:
+    """SHA-256 over the kept images and labels of every site, in name order: equal sets distil alike."""
+    digest = hashlib.sha256()
+    for name in sorted(payloads):
+        arrays = payloads[name].to_arrays()
+        digest.update(name.encode() + arrays["images"].tobytes() + arrays["labels"].tobytes())
+    return digest.hexdigest()
+
+
+def same_as(sets: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Set -> the first set with the same kept samples (screening that rejects every hostile site leaves the
+    same honest sites whatever the attack: those sets are distilled once)."""
+    first: dict[str, str] = {}
+    return {name: first.setdefault(info["content"], name) for name, info in sets.items()}
+
+
 def distill_sets(sets: dict[str, dict[str, Any]], args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    """Run the distillation benchmark on every set; returns its results."""
+    """Run the distillation benchmark on every distinct set (``same_as``); returns its results."""
+    sets = {name: info for name, info in sets.items() if same_as(sets)[name] == name}
     from benchmarks.distillation.__main__ import main as distillation_main
 
     argv = ["--condensed", sets["clean"]["path"], "--condensed-name", "clean", "--only", CASE,
@@ -140,13 +160,14 @@ def summarize(sets: dict[str, dict[str, Any]], distilled: dict[str, Any]) -> dic
     """Per set: screening outcome, accuracy over seeds, points lost against ``clean``; the 1-point target."""
     accuracy = {c["condensed"]: c["accuracy"] for c in distilled["cases"] if c["case"] == CASE}
     clean = (accuracy.get("clean") or {}).get("mean")
+    alias = same_as(sets)
     rows = {}
     for name, info in sets.items():
-        acc = accuracy.get(name) or {}
+        acc = accuracy.get(alias[name]) or {}
         mean = acc.get("mean")
         lost = None if mean is None or clean is None else 100.0 * (clean - mean)
         rows[name] = {k: v for k, v in info.items() if k not in ("screening", "path")} | {
-            "accuracy": acc, "points_lost": lost}
+            "accuracy": acc, "points_lost": lost, "distilled_as": alias[name]}
     screened = [r["points_lost"] for n, r in rows.items() if n != "clean" and r["screened"]]
     met = None if not screened or None in screened else all(p <= TARGET_POINTS for p in screened)
     return {"sets": rows, "target": {"max_points_lost": TARGET_POINTS, "worst_screened": max(screened, default=None),
@@ -169,6 +190,8 @@ def write_markdown(path: Path, results: dict[str, Any]) -> None:
              "| points lost vs clean |", "|---|---|---|---|---|---|---|"]
     for name, r in results["sets"].items():
         lost = "-" if r["points_lost"] is None else f"{r['points_lost']:+.2f}"
+        if r["distilled_as"] != name:
+            lost += f" (same kept samples as {r['distilled_as']}: distilled once)"
         lines.append(f"| {name} | {'yes' if r['screened'] else 'no'} | {r['samples_kept']} / {r['samples_received']} "
                      f"| {', '.join(r['rejected_sites']) or '-'} | {r['hostile_samples_kept']} | {_pct(r['accuracy'])} "
                      f"| {lost} |")
