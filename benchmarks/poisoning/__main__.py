@@ -142,8 +142,10 @@ def same_as(sets: dict[str, dict[str, Any]]) -> dict[str, str]:
 
 def distill_sets(sets: dict[str, dict[str, Any]], args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """Run the distillation benchmark on every distinct set (``same_as``); returns its results."""
-    sets = {name: info for name, info in sets.items() if same_as(sets)[name] == name}
     from benchmarks.distillation.__main__ import main as distillation_main
+
+    alias = same_as(sets)
+    sets = {name: info for name, info in sets.items() if alias[name] == name}
 
     argv = ["--condensed", sets["clean"]["path"], "--condensed-name", "clean", "--only", CASE,
             "--seeds", str(args.seeds), "--budget-seconds", str(args.budget_seconds), "--workers", str(args.workers),
