@@ -180,24 +180,33 @@ def test_server_app_accepts_generator_payloads_and_rejects_a_corrupt_one(teacher
         record["gen.fc.weight"] = Array(np.full(record["gen.fc.weight"].numpy().shape, np.nan, dtype=np.float32))
         return reply
 
+    shy = ClientApp()  # echoes IPC 1: the server draws the IPC it asked for (3) all the same
+
+    @shy.query("condense")
+    def condense_shy(msg: Message, context: Context) -> Message:
+        reply = real(msg, context)
+        reply.content[wire.PAYLOAD_META]["ipc"] = 1
+        return reply
+
     overrides = tiny_overrides(teacher, tmp_path / "out") | NON_DP | GENDD_TINY | {"condense.ipc": 3}
     cfg = server_app.server_config({}, overrides)
     model, card = load_checkpoint(teacher)
-    sites = {n: small_site(tmp_path / f"site{n}", fmnist_train, n) for n in (1, 2, 3)}
-    grid = LocalGrid({1: (real, sites[1]), 2: (real, sites[2]), 3: (corrupt, sites[3])}, run_config={})
-    collected = server_app.collect_payloads(grid, [1, 2, 3], cfg, server_app.payload_spec(card, cfg),
+    sites = {n: small_site(tmp_path / f"site{n}", fmnist_train, n) for n in (1, 2, 3, 4)}
+    grid = LocalGrid({1: (real, sites[1]), 2: (real, sites[2]), 3: (corrupt, sites[3]), 4: (shy, sites[4])},
+                     run_config={})
+    collected = server_app.collect_payloads(grid, [1, 2, 3, 4], cfg, server_app.payload_spec(card, cfg),
                                             card.class_names)
     status = {o.node_id: o for o in collected.outcomes}
-    assert [status[n].status for n in (1, 2, 3)] == [ACCEPTED, ACCEPTED, REJECTED]
+    assert [status[n].status for n in (1, 2, 3, 4)] == [ACCEPTED, ACCEPTED, REJECTED, ACCEPTED]
     assert "NaN" in status[3].reason and "gen.fc.weight" in status[3].reason
-    assert all(status[n].method == "gendd" and status[n].ipc == 3 for n in (1, 2))
+    assert all(status[n].method == "gendd" and status[n].ipc == 3 for n in (1, 2, 4))
     assert all(isinstance(p, GeneratorPayload) and len(p) == 3 * len(p.meta.generator_classes)
                for p in collected.payloads.values())
     total = sum(len(p) for p in collected.payloads.values())
     report = RunReport(command="pytest", config={})
     kept = server_app.screen(collected.payloads, model, card, cfg, report)  # the screening sees images
     assert report.screening["total_samples"] == total and 0 < report.screening["kept_samples"] <= total
-    assert set(kept) <= {1, 2}
+    assert set(kept) <= {1, 2, 4}
 
 
 @pytest.mark.slow

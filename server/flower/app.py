@@ -380,7 +380,8 @@ def _judge_content(content: Any, outcome: NodeOutcome, spec: PayloadSpec, max_by
     outcome.audit = {k: v for k, v in metrics.items() if k.startswith("audit-")}
     outcome.local_train, outcome.local_test = _maybe_int(metrics.get("local-train")), \
         _maybe_int(metrics.get("local-test"))
-    payload = wire.payload_from_content(content, max_bytes=max_bytes)
+    # a generator payload is drawn at the IPC the server asked for, whatever IPC the site's metadata echoes
+    payload = wire.payload_from_content(content, max_bytes=max_bytes, ipc=spec.max_ipc)
     outcome.method, outcome.ipc, outcome.num_samples = payload.meta.method, payload.meta.ipc, len(payload)
     outcome.epsilon, outcome.delta = payload.meta.epsilon, payload.meta.delta
     validate_payload(payload, spec)
