@@ -275,3 +275,34 @@ def test_a_finished_run_leaves_no_hooks_on_the_teacher(tiny_teacher, tiny_conden
     for base in ("fast", "cmi"):
         run(tiny_teacher, tiny_condensed, engine_data[1], tmp_path / base, base=base, mode="mi*")
         assert hooks() == before, base
+
+
+def test_cached_kd_views_label_each_view_once(tiny_teacher, tiny_condensed, engine_data, tmp_path) -> None:
+    """``kd_views=3``: every image enters the pool with two crop/flip views, each carrying the teacher's logits
+    on that very view; KD steps then never call the teacher."""
+    net, card = tiny_teacher
+    distiller = Distiller(tiny_cfg(epochs=2, kd_views=3, checkpoint_every=0, grid_every=0, mode="mi+cs"), net, card,
+                          tiny_condensed, engine_data[1], tmp_path / "v", seed=1, progress=False)
+    n_cond = len(tiny_condensed)
+    pool = distiller.pool
+    assert pool.num_condensed == 3 * n_cond and pool.cap == 3 * distiller.cfg.pool_cap
+    torch.testing.assert_close(pool.cond_images[:n_cond], tiny_condensed.images)
+    assert not torch.equal(pool.cond_images[n_cond:2 * n_cond], tiny_condensed.images)  # an augmented view
+    assert torch.equal(pool.cond_labels, tiny_condensed.labels.repeat(3))
+    with torch.no_grad():
+        torch.testing.assert_close(pool.cond_logits, net(pool.cond_images).float())
+    result = distiller.fit()
+    assert result.pool_size == n_cond + 2 * 16 and result.synthetic_seen == 2 * 16
+    with torch.no_grad():  # synthetic views too: the logits stored are the teacher's on the stored view
+        torch.testing.assert_close(pool.logits[:pool.size], net(pool.images[:pool.size]).float(), atol=1e-4, rtol=1e-4)
+    calls = []
+    hook = net.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        distiller._kd_step()
+    finally:
+        hook.remove()
+    assert calls == []
+    with pytest.raises(ConfigError, match="kd_views"):
+        tiny_cfg(kd_views=2, kd_augment="none").validate()
+    with pytest.raises(ConfigError, match="kd_views"):
+        tiny_cfg(kd_views=-1).validate()

@@ -224,8 +224,27 @@ class Distiller:
         condensed = None
         if self.cfg.uses_condensed and self.condensed is not None:
             images = self.condensed.images.to(self.device)
-            condensed = (images, self.condensed.labels.to(self.device), self._teacher_logits(images))
+            condensed = self._with_views(images, self.condensed.labels.to(self.device), self._teacher_logits(images))
         return replays.get(self.cfg.replay)(self.cfg, condensed, self.teacher)
+
+    @property
+    def views(self) -> int:
+        """Pool entries per image: ``distill.kd_views`` cached views (1: the image itself)."""
+        return max(1, self.cfg.kd_views)
+
+    def _with_views(self, images: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each image and ``kd_views - 1`` crop/flip views of it, each with its teacher logits. Labelling a view
+        once when it enters the pool replaces a teacher forward in every KD step that draws it (a sample is
+        drawn about kd_steps * kd_batch_size / pool size times per epoch, ~100 at the defaults)."""
+        if self.views == 1:
+            return images, labels, logits
+        stats = (tuple(self.card.mean), tuple(self.card.std))
+        pixels = denormalize(images, stats)
+        extra = torch.cat([normalize(augment_batch(pixels, self.cfg.kd_augment), stats)
+                           for _ in range(self.views - 1)])
+        return (torch.cat([images, extra]), labels.repeat(self.views),
+                torch.cat([logits, self._teacher_logits(extra)]))
 
     @torch.no_grad()
     def _teacher_logits(self, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
@@ -267,7 +286,7 @@ class Distiller:
         self.student.eval()  # the adversarial term probes the student as it is (Fast-Datafree, CMI)
         batch = self.method.synthesize()
         if self.epoch % self.cfg.pool_every == 0:
-            self.pool.add(batch.images, batch.targets, batch.teacher_logits)
+            self.pool.add(*self._with_views(batch.images, batch.targets, batch.teacher_logits))
         self.last_batch = batch
         return batch.losses | self._batch_quality(batch)
 
@@ -284,7 +303,7 @@ class Distiller:
         cfg = self.cfg
         batch = self.pool.sample(cfg.kd_batch_size)
         x, t_logits = batch.images, batch.teacher_logits
-        if cfg.kd_augment != "none":
+        if cfg.kd_augment != "none" and cfg.kd_views == 0:  # a fresh view, labelled now
             stats = (tuple(self.card.mean), tuple(self.card.std))
             x = normalize(augment_batch(denormalize(x, stats), cfg.kd_augment), stats)
             t_logits = self._teacher_logits(x)
@@ -319,7 +338,7 @@ class Distiller:
     def synthesis_spent(self) -> bool:
         """``distill.synthetic_budget`` synthetic samples made: from now on the epochs are KD only."""
         budget = self.cfg.synthetic_budget
-        return bool(budget) and self.pool.seen >= budget
+        return bool(budget) and self.pool.seen // self.views >= budget
 
     @property
     def train_seconds(self) -> float:
@@ -344,7 +363,8 @@ class Distiller:
         self.epoch += 1
         if losses:
             record["kd_loss"] = sum(losses) / len(losses)
-        record.update(pool=len(self.pool), seconds=self.train_seconds, lr=self.optimizer.param_groups[0]["lr"])
+        record.update(pool=len(self.pool) // self.views, seconds=self.train_seconds,
+                      lr=self.optimizer.param_groups[0]["lr"])
         return record
 
     def _counting(self) -> Any:
@@ -519,7 +539,7 @@ class Distiller:
             student=self.student.eval(), accuracy=accuracy, epochs=self.epoch, train_seconds=train,
             phase_seconds=dict(self.timer.totals),
             compute_fraction=self.compute_fraction,
-            pool_size=len(self.pool), synthetic_seen=self.pool.seen,
+            pool_size=len(self.pool) // self.views, synthetic_seen=self.pool.seen // self.views,
             peak_memory_mb=peak_memory_mb(), curve=self.curve)
         save_checkpoint(self.run.path / "student", self.student, self.student_card(accuracy))
         self.run.write_json("summary.json", result.summary() | {"config": dataclasses.asdict(self.cfg)})

@@ -228,7 +228,8 @@ class SamplePool:
 @replays.register("pool")
 def build_pool(cfg: DistillConfig, condensed: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
                teacher: nn.Module | None = None) -> SamplePool:
-    """``replay = pool``: the growing in-memory pool of Algorithm 1."""
+    """``replay = pool``: the growing in-memory pool of Algorithm 1 (``pool_cap`` images, each as
+    ``kd_views`` entries when views are cached)."""
     del teacher  # the pool stores the teacher logits computed at synthesis time
-    return SamplePool(cfg.pool_cap, cfg.pool_policy, cfg.sampler, condensed=condensed, cfg=cfg,
+    return SamplePool(cfg.pool_cap * max(1, cfg.kd_views), cfg.pool_policy, cfg.sampler, condensed=condensed, cfg=cfg,
                       condensed_share=cfg.condensed_share)

@@ -66,6 +66,9 @@ class DistillConfig:
     kd_batch_size: int = 256
     kd_steps: int = 100  # KD steps after each synthesised batch (Fast-Datafree: 400; measured: docs/engine.md)
     kd_augment: str = "crop_flip"  # augment KD batches, teacher re-labels each view (none: reuse cached logits)
+    # 0: a fresh kd_augment view per KD step, labelled by the teacher then (Fast-Datafree). K >= 1: each sample
+    # enters the pool as itself + K-1 fixed views, labelled once, so a KD step needs no teacher forward.
+    kd_views: int = 0
     condensed_share: float = 0.0  # share of every KD batch drawn from the condensed samples (0 = uniform union)
     student_optimizer: str = "sgd"  # momentum 0.9, Nesterov
     lr_student: float = 0.1
@@ -127,7 +130,7 @@ class DistillConfig:
                      "condensed_batch_size", "kd_batch_size", "kd_steps", "pool_cap", "eval_samples", "pool_every"):
             _at_least(name, getattr(self, name), 1)
         for name in ("epochs", "warmup_epochs", "checkpoint_every", "grid_every", "num_threads", "synthetic_budget",
-                     "fast_reset_l0", "noisy_groups"):
+                     "fast_reset_l0", "noisy_groups", "kd_views"):
             _at_least(name, getattr(self, name), 0)
         for name in ("lr_generator", "lr_latent", "lr_discriminator", "lr_student", "temperature", "di_lr"):
             if not getattr(self, name) > 0:
@@ -155,6 +158,12 @@ class DistillConfig:
                 raise ConfigError(f"distill.{name}={getattr(self, name)!r} must be true or false")
         if not isinstance(self.cmi_reset_generator, bool):
             raise ConfigError(f"distill.cmi_reset_generator={self.cmi_reset_generator!r} must be true or false")
+        if self.kd_views > 1 and self.kd_augment == "none":
+            raise ConfigError(f"distill.kd_views={self.kd_views} needs augmented views; set "
+                              "distill.kd_augment=crop_flip (or crop), or distill.kd_views=0")
+        if self.kd_views > 1 and self.replay != "pool":
+            raise ConfigError(f"distill.kd_views={self.kd_views} caches views in the KD pool; use distill.replay=pool "
+                              "or distill.kd_views=0")
         if self.mode == "mi*" and self.fa_weight == 0:
             raise ConfigError("distill.fa_weight=0 turns mode mi* into mi+cs; use mode=mi+cs or a positive weight")
         from shared.augment.diffaugment import parse_policy
