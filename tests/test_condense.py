@@ -23,6 +23,7 @@ SETTINGS = {
     "gm": {},
     "real": {},
     "dp-dm": {"noise_multiplier": 1.0},
+    "dp-dos": {"noise_multiplier": 1.0, "dos_releases": 2},
     "dp-gm": {"noise_multiplier": 1.0},
 }
 SPEC = PayloadSpec(num_classes=10, image_shape=(1, 28, 28), max_ipc=10)
@@ -48,7 +49,7 @@ def config(method: str, **changes: object) -> CondenseConfig:
 
 
 def test_registry_lists_every_method() -> None:
-    assert condenser_names() == ["d2m", "dm", "dp-d2m", "dp-dm", "dp-gendd", "dp-gm", "gendd", "gm", "real"]
+    assert condenser_names() == ["d2m", "dm", "dp-d2m", "dp-dm", "dp-dos", "dp-gendd", "dp-gm", "gendd", "gm", "real"]
     with pytest.raises(UnknownNameError, match="d2m, dm, dp-d2m"):
         get_condenser("mtt")
     with pytest.raises(ConfigError, match=r"condense\.method"):

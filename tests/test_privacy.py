@@ -139,6 +139,26 @@ def test_reported_epsilon_equals_independent_opacus_computation(site: LabeledIma
     assert meta.epsilon <= 2.0 and meta.delta == cfg.delta and meta.accountant == "rdp"
 
 
+def test_dp_dos_releases_once_then_optimises_for_free(site: LabeledImages) -> None:
+    """dp-dos charges only its releases (every record in each, q = 1), however many optimisation steps follow."""
+    cfg = CondenseConfig(method="dp-dos", ipc=1, epsilon=2.0, dos_releases=3, **{**TINY, "iterations": 12})
+    payload = condense(site, cfg, progress=False)
+    meta = payload.meta
+    assert (meta.dp_steps, meta.sample_rate, meta.iterations) == (3, 1.0, 12)
+    assert meta.noise_multiplier == pytest.approx(calibrate_noise_multiplier(2.0, cfg.delta, 1.0, 3))
+    assert meta.epsilon == pytest.approx(opacus_epsilon(meta.noise_multiplier, 1.0, 3, cfg.delta), rel=1e-9)
+    assert meta.epsilon <= 2.0 and len(payload) == 10  # 100 records per class: every class is informative
+
+
+def test_dp_dos_leaves_out_classes_whose_noisy_mean_is_mostly_noise(site: LabeledImages) -> None:
+    labels = site.labels.numpy()
+    keep = np.concatenate([np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)[:2]])  # 100 and 2 records
+    cfg = CondenseConfig(method="dp-dos", ipc=2, noise_multiplier=1.0, dos_releases=4, **TINY)
+    payload = condense(site.subset(keep), cfg, progress=False)
+    # noise norm on a class mean ~ 1.0 * sqrt(72) / m: 0.08 for m = 100 (kept), 4.2 for m = 2 (left out)
+    assert payload.labels.tolist() == [0, 0]
+
+
 def test_sequential_class_composition_charges_every_class(site: LabeledImages) -> None:
     base = {"method": "dp-dm", "ipc": 1, "noise_multiplier": 2.0, **TINY, "iterations": 2}
     parallel = condense(site, CondenseConfig(**base), progress=False).meta

@@ -13,7 +13,7 @@ from shared.errors import ConfigError
 
 # The condensers a site can run (client/condense registers one module each; tests/test_condense.py checks the
 # registry against this list, so the config never imports client code).
-METHODS = ("d2m", "dm", "dp-d2m", "dp-dm", "dp-gendd", "dp-gm", "gendd", "gm", "real")
+METHODS = ("d2m", "dm", "dp-d2m", "dp-dm", "dp-dos", "dp-gendd", "dp-gm", "gendd", "gm", "real")
 # The methods whose payload is a conditional generator (shared/generator_payload.py), not images.
 GENERATIVE_METHODS = ("d2m", "dp-d2m", "dp-gendd", "gendd")
 WIRE_DTYPES = ("uint8", "float16")
@@ -66,6 +66,8 @@ class CondenseConfig:
     clip: float = 1.0  # L2 bound on each real sample's contribution (embedding or gradient)
     noise_multiplier: float = 0.0  # > 0: fixed noise instead of calibrating to epsilon (epsilon is then reported)
     sample_rate: float = 0.0  # Poisson rate per real record; 0 = batch_real records per held class on average
+    # (dp-dos: 0 = every record in every release)
+    dos_releases: int = 20  # dp-dos: noisy signals released before optimising (client/condense/dp_dos.py)
     accountant: str = "rdp"  # shared.privacy accountants
     class_composition: str = "parallel"  # parallel: classes are disjoint; sequential: charge every class
     # output and resources
@@ -83,7 +85,7 @@ class CondenseConfig:
 
     def _check_ranges(self) -> None:
         positive_ints = ("ipc", "iterations", "batch_real", "model_width", "model_depth", "batch_train", "latent_dim",
-                         "generator_width", "batch_gen", "batch_syn", "attention_power")
+                         "generator_width", "batch_gen", "batch_syn", "attention_power", "dos_releases")
         for name in positive_ints:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
