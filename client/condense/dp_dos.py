@@ -69,7 +69,6 @@ class Release:
 @condensers.register("dp-dos")
 class DecoupledDPDistributionMatching(DPDistributionMatching):
     name = "dp-dos"
-    tv_weight = 0.0
 
     def planned_releases(self, cfg: CondenseConfig) -> int:
         return cfg.dos_releases
@@ -88,7 +87,7 @@ class DecoupledDPDistributionMatching(DPDistributionMatching):
                 release, target = releases[step % len(releases)], targets[step % len(releases)]
                 embedded = _embed(release.net, _augmented(state.images, state.groups, state.augment, release.params))
                 syn = group_means(clip_rows(embedded, feature_clip), state.groups, local.num_groups)
-                loss = ((target - syn) ** 2).sum() + self.tv_weight * total_variation(state.images)
+                loss = ((target - syn) ** 2).sum()
                 state.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 state.optimizer.step()
@@ -154,9 +153,3 @@ class DecoupledDPDistributionMatching(DPDistributionMatching):
         noise = self.plan.noise_multiplier * self.plan.clip * math.sqrt(dim) / self.sampled
         return noise <= self.plan.clip * math.sqrt(1.0 - COUNT_NORM**2)
 
-
-def total_variation(images: torch.Tensor) -> torch.Tensor:
-    """Mean squared difference of neighbouring pixels (normalised space), summed over the images."""
-    dx = (images[..., :, 1:] - images[..., :, :-1]).pow(2).mean(dim=(1, 2, 3))
-    dy = (images[..., 1:, :] - images[..., :-1, :]).pow(2).mean(dim=(1, 2, 3))
-    return (dx + dy).sum()
