@@ -306,3 +306,6 @@ def test_cached_kd_views_label_each_view_once(tiny_teacher, tiny_condensed, engi
         tiny_cfg(kd_views=2, kd_augment="none").validate()
     with pytest.raises(ConfigError, match="kd_views"):
         tiny_cfg(kd_views=-1).validate()
+    with pytest.raises(ConfigError, match=r"distill\.kd_views=2 caches views in the KD pool but distill\.replay"):
+        Distiller(tiny_cfg(kd_views=2, replay="generative"), net, card, tiny_condensed, None, tmp_path / "g",
+                  progress=False)

@@ -30,7 +30,7 @@ from benchmarks.distillation.stats import mean_of
 
 def breadth_cases() -> list[Case]:
     """The issue-6 cases, in the order they run."""
-    generative = {"distill.replay": "generative"}
+    generative = {"distill.replay": "generative", "distill.kd_views": "0"}  # views are cached in the pool only
     cases = [Case(f"cmi:{mode}", f"cmi:{mode}") for mode in ("mi", "mi+cs", "mi*")]
     for factor in (1.0, 2.0):
         suffix = "" if factor == 1.0 else ",budget=x2"

@@ -27,7 +27,7 @@ from torch import nn
 from server.distillation import kd_logit_std, replay_generative, sampling_ssd  # noqa: F401  (register options)
 from server.distillation.kd_losses import get_kd_loss
 from server.distillation.plots import plot_run
-from server.distillation.pool import Replay, replays
+from server.distillation.pool import Replay, check_views, replays
 from server.inversion import FeatureAlignment, Generator, InversionContext, InversionMethod, build_method
 from server.inversion.base import SyntheticBatch
 from server.inversion.generator import to_pixels
@@ -221,6 +221,7 @@ class Distiller:
         return torch.optim.Adam(self.student.parameters(), lr=cfg.lr_student, weight_decay=cfg.weight_decay)
 
     def _build_pool(self) -> Replay:
+        check_views(self.cfg)
         condensed = None
         if self.cfg.uses_condensed and self.condensed is not None:
             images = self.condensed.images.to(self.device)

@@ -225,6 +225,13 @@ class SamplePool:
         self.sampler.load_state_dict(state["sampler"])
 
 
+def check_views(cfg: DistillConfig) -> None:
+    """Cached KD views live in the pool's entries; other replays would silently ignore them."""
+    if cfg.kd_views > 1 and cfg.replay != "pool":
+        raise ConfigError(f"distill.kd_views={cfg.kd_views} caches views in the KD pool but distill.replay="
+                          f"{cfg.replay!r}; use distill.replay=pool or distill.kd_views=0")
+
+
 @replays.register("pool")
 def build_pool(cfg: DistillConfig, condensed: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
                teacher: nn.Module | None = None) -> SamplePool:

@@ -234,7 +234,7 @@ def check_engine_config(cfg: CondexConfig, card: ModelCard) -> None:
     student for the teacher's geometry, so a misspelt or unusable engine setting fails the run before the
     condense round instead of after every site has condensed. Values were range-checked by ``validate``."""
     from server.distillation.kd_losses import kd_losses
-    from server.distillation.pool import replays, samplers
+    from server.distillation.pool import check_views, replays, samplers
     from server.inversion.base import inversion_methods
     from shared.models import build_model, model_names
 
@@ -247,6 +247,7 @@ def check_engine_config(cfg: CondexConfig, card: ModelCard) -> None:
         if value not in known:
             raise ConfigError(f"{key}={value!r} is unknown; choose one of {', '.join(known)} "
                               f"(e.g. --run-config \"{key.replace('_', '-')}='{known[0]}'\")")
+    check_views(d)
     try:
         build_model(d.student, num_classes=card.num_classes, in_channels=card.in_channels, image_size=card.image_size)
     except (CondexError, ValueError, TypeError, RuntimeError) as exc:

@@ -161,9 +161,6 @@ class DistillConfig:
         if self.kd_views > 1 and self.kd_augment == "none":
             raise ConfigError(f"distill.kd_views={self.kd_views} needs augmented views; set "
                               "distill.kd_augment=crop_flip (or crop), or distill.kd_views=0")
-        if self.kd_views > 1 and self.replay != "pool":
-            raise ConfigError(f"distill.kd_views={self.kd_views} caches views in the KD pool; use distill.replay=pool "
-                              "or distill.kd_views=0")
         if self.mode == "mi*" and self.fa_weight == 0:
             raise ConfigError("distill.fa_weight=0 turns mode mi* into mi+cs; use mode=mi+cs or a positive weight")
         from shared.augment.diffaugment import parse_policy
