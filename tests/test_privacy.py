@@ -15,7 +15,7 @@ from client.condense import condense
 from client.condense.dp_gm import _clipped_sum
 from shared.config.condense import CondenseConfig
 from shared.data import LabeledImages, few_shot_indices
-from shared.errors import ConfigError
+from shared.errors import ConfigError, DataError
 from shared.privacy import (
     calibrate_noise_multiplier,
     clip_rows,
@@ -157,6 +157,8 @@ def test_dp_dos_leaves_out_classes_whose_noisy_mean_is_mostly_noise(site: Labele
     payload = condense(site.subset(keep), cfg, progress=False)
     # noise norm on a class mean ~ 1.0 * sqrt(72) / m: 0.08 for m = 100 (kept), 4.2 for m = 2 (left out)
     assert payload.labels.tolist() == [0, 0]
+    with pytest.raises(DataError, match="too few images for this epsilon"):  # nothing worth sending: named
+        condense(site.subset(keep[100:]), cfg, progress=False)
 
 
 def test_sequential_class_composition_charges_every_class(site: LabeledImages) -> None:

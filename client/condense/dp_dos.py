@@ -49,12 +49,18 @@ from client.condense.dm import _augmented, _embed
 from client.condense.dp_dm import DPDistributionMatching
 from shared.augment.dsa import AugmentParams, SiameseAugment
 from shared.config.condense import CondenseConfig
+from shared.errors import DataError
 from shared.privacy import clip_rows, noisy_class_sums, plan_privacy, poisson_mask, secret_generator
 from shared.progress import progress_bar
 
 COUNT_NORM = 0.3  # share b of each row's norm spent on the count coordinate (features keep sqrt(1 - b^2) = 0.95)
 RELEASE_SHARE = 0.5  # at most this share of condense.time_budget_s goes to the releases
 CHUNK = 1024  # records embedded per forward pass in a release
+
+
+def feature_clip(clip: float) -> float:
+    """The L2 bound of a record's embedding part: its row's bound ``clip`` minus the count coordinate."""
+    return clip * math.sqrt(1.0 - COUNT_NORM**2)
 
 
 @dataclass
@@ -81,12 +87,11 @@ class DecoupledDPDistributionMatching(DPDistributionMatching):
         releases = self._releases(local, cfg, state.augment, progress)
         targets = self._targets(releases)
         losses: list[float] = []
-        feature_clip = cfg.clip * math.sqrt(1.0 - COUNT_NORM**2)
         with progress_bar(cfg.iterations, f"condense {self.name} (optimise)", enabled=progress) as bar:
             for step in range(cfg.iterations):
                 release, target = releases[step % len(releases)], targets[step % len(releases)]
                 embedded = _embed(release.net, _augmented(state.images, state.groups, state.augment, release.params))
-                syn = group_means(clip_rows(embedded, feature_clip), state.groups, local.num_groups)
+                syn = group_means(clip_rows(embedded, feature_clip(cfg.clip)), state.groups, local.num_groups)
                 loss = ((target - syn) ** 2).sum()
                 state.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -97,7 +102,13 @@ class DecoupledDPDistributionMatching(DPDistributionMatching):
                 bar.advance(loss=losses[-1])
                 if budget.exhausted():
                     break
-        keep = self._informative(targets)[state.groups]
+        informative = self._informative(targets)
+        if not bool(informative.any()):
+            largest, sigma = float(self.sampled.max()), self.plan.noise_multiplier
+            raise DataError(f"dp-dos: no class's noisy mean carries more signal than noise (largest class about "
+                            f"{largest:.0f} sampled images, noise multiplier {sigma:.2f}); the site holds too few "
+                            "images for this epsilon: raise condense.epsilon or lower condense.dos_releases")
+        keep = informative[state.groups]
         return Synthesis(state.images.detach()[keep], state.labels[keep], len(losses), losses, self.report())
 
     def begin(self, local: LocalData, cfg: CondenseConfig) -> None:
@@ -115,23 +126,22 @@ class DecoupledDPDistributionMatching(DPDistributionMatching):
             for _ in range(cfg.dos_releases):
                 net = matching_net(local, cfg).requires_grad_(False)
                 params = augment.sample(local.num_groups, local.image_size) if augment else None
-                releases.append(Release(net, params, self._release(net, local, cfg, augment, params)))
+                releases.append(Release(net, params, self._release(net, local, augment, params)))
                 bar.advance()
                 if budget.exhausted():
                     break
         return releases
 
     @torch.no_grad()
-    def _release(self, net: torch.nn.Module, local: LocalData, cfg: CondenseConfig, augment: SiameseAugment | None,
+    def _release(self, net: torch.nn.Module, local: LocalData, augment: SiameseAugment | None,
                  params: AugmentParams | None) -> torch.Tensor:
         plan = self.plan
         index = torch.nonzero(poisson_mask(len(local.labels), plan.sample_rate, self.secret)).flatten().to(local.device)
         rows, groups = [], local.group_of[index]
-        feature_clip = plan.clip * math.sqrt(1.0 - COUNT_NORM**2)
         for start in range(0, len(index), CHUNK):
             part = index[start:start + CHUNK]
             embedded = clip_rows(_embed(net, _augmented(local.images[part], local.group_of[part], augment, params)),
-                                 feature_clip)
+                                 feature_clip(plan.clip))
             rows.append(torch.cat([embedded, torch.full_like(embedded[:, :1], plan.clip * COUNT_NORM)], dim=1))
         values = torch.cat(rows) if rows else torch.zeros(0, net.feature_dim + 1, device=local.device)
         sums = noisy_class_sums(values, groups, local.num_groups, plan.clip, plan.noise_multiplier, self.secret)
@@ -151,5 +161,5 @@ class DecoupledDPDistributionMatching(DPDistributionMatching):
         released estimates m_c alone: post-processing)."""
         dim = targets[0].shape[1]
         noise = self.plan.noise_multiplier * self.plan.clip * math.sqrt(dim) / self.sampled
-        return noise <= self.plan.clip * math.sqrt(1.0 - COUNT_NORM**2)
+        return noise <= feature_clip(self.plan.clip)
 
