@@ -1,5 +1,6 @@
 """Run the distillation benchmark: ``python -m benchmarks.distillation [--budget-seconds S] [--seeds N]
-[--workers N] [--condensed-set NAME=PATH ...] [--ipc1] [--breadth] [--only CASE ...] [--resume]``.
+[--workers N] [--condensed-set NAME=PATH ...] [--ipc1] [--breadth] [--only CASE ...] [--variant NAME:KEY=VALUE,...]
+[--resume]``.
 
 FMNIST-CPU (``configs/setting/fmnist_cpu.yaml``): the default teacher, the configured student and the
 condensed sets. The primary set is ``dm-ipc10``: DM IPC 10, centralised, made on the fly and cached in the
@@ -11,7 +12,9 @@ site payloads), on which the core distillation cases run too; ``--ipc1`` adds ``
 (``real:1``, chosen over DM IPC 1 because DM would need another condensation run of ``--dm-seconds``).
 Breadth cases (``--breadth``, ``breadth.breadth_cases``) run on the primary set; the ceilings ``full``
 (labels, to convergence, at most ``--full-epochs``) and ``full-kd`` (teacher KD on every training image)
-need no set. Every case runs with seeds 0..N-1 (``--seeds``, the top-level ``seed`` key), each job in its
+need no set. ``--variant NAME:distill.key=value,...`` adds every selected case again as ``CASE@NAME`` with
+those overrides: a sweep whose variants interleave on the workers, so each pair of jobs runs side by side.
+Every case runs with seeds 0..N-1 (``--seeds``, the top-level ``seed`` key), each job in its
 own process (``benchmarks/distillation/cases.py``) so peak memory is per job; ``--workers 2`` runs two jobs
 at a time with one torch thread each, longest first. Every distillation job gets the same training
 wall-time budget. ``--resume`` keeps the (condensed set, case, seed) runs of an earlier results file.
@@ -28,6 +31,7 @@ import platform
 import shlex
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +74,24 @@ def named_path(value: str) -> tuple[str, str]:
     return name, path
 
 
+def variant(value: str) -> tuple[str, dict[str, str]]:
+    """``NAME:distill.key=value[,distill.key=value]`` of ``--variant``."""
+    name, sep, rest = value.partition(":")
+    pairs = [item.partition("=") for item in rest.split(",")] if rest else []
+    if not sep or not name.isidentifier() or not pairs or any(not k.startswith("distill.") or not e or not v
+                                                               for k, e, v in pairs):
+        raise argparse.ArgumentTypeError(f"{value!r}: expected NAME:distill.key=value[,distill.key=value] "
+                                         "(NAME a plain identifier)")
+    return name, {k: v for k, _, v in pairs}
+
+
+def with_variants(cases: list[Case], variants: list[tuple[str, dict[str, str]]]) -> list[Case]:
+    """Every case, then each case once per variant as ``CASE@NAME`` (the variant's overrides win)."""
+    extra = [replace(c, name=f"{c.name}@{name}", overrides=c.overrides | overrides)
+             for name, overrides in variants for c in cases]
+    return cases + extra
+
+
 def all_cases() -> list[Case]:
     return core_cases() + breadth_cases() + ipc1_cases()
 
@@ -97,6 +119,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", nargs="*", default=None,
                         help=f"case names to run (core: {' '.join(c.name for c in core_cases())})")
     parser.add_argument("--set", action="append", default=[], help="distill.key=value for every case")
+    parser.add_argument("--variant", type=variant, action="append", default=[], metavar="NAME:KEY=VALUE[,...]",
+                        help="also run every selected case as CASE@NAME with these distill.* overrides "
+                             "(repeatable; the jobs of all variants interleave, so they run side by side)")
     parser.add_argument("--resume", action="store_true", help="keep finished (set, case, seed) runs of an earlier run")
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite the Markdown, PNG and targets from the existing results JSON; run nothing")
@@ -107,6 +132,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.workers < 1 or args.threads < 1 or args.seeds < 1 or args.full_epochs < 1:
         parser.error("--workers, --threads, --seeds and --full-epochs must be >= 1")
     names = [name for name, _ in args.condensed_set]
+    if len({name for name, _ in args.variant}) != len(args.variant):
+        parser.error("--variant names must be unique")
     if len(set(names)) != len(names) or {args.condensed_name, IPC1_SET} & set(names):
         parser.error(f"--condensed-set names must be unique and not {args.condensed_name!r} or {IPC1_SET!r}")
     return args
@@ -123,8 +150,6 @@ def primary_set(args: argparse.Namespace, work: Path, dataset: str) -> tuple[str
     start = time.perf_counter()
     if path.is_file():
         return name, {"path": str(path), "description": description + " (cached)", "condense_seconds": 0.0}
-    from dataclasses import replace
-
     from client.condense import condense
 
     condense_cfg = replace(cfg.condense, method="dm", time_budget_s=args.dm_seconds, seed=cfg.seed)
@@ -150,12 +175,12 @@ def build_sets(args: argparse.Namespace, work: Path, dataset: str) -> CondensedS
 def selected_cases(args: argparse.Namespace) -> list[Case]:
     cases = core_cases() + (breadth_cases() if args.breadth else []) + (ipc1_cases() if args.ipc1 else [])
     if args.only is None:
-        return cases
+        return with_variants(cases, args.variant)
     unknown = set(args.only) - {c.name for c in cases}
     if unknown:
         raise SystemExit(f"--only: unknown case(s) {sorted(unknown)}; known: {[c.name for c in cases]} "
                          "(breadth cases need --breadth, @ipc1 cases --ipc1)")
-    return [c for c in cases if c.name in args.only]
+    return with_variants([c for c in cases if c.name in args.only], args.variant)
 
 
 def earlier_results(args: argparse.Namespace, out: Path) -> dict[str, Any]:
