@@ -36,7 +36,8 @@ class Case:
 
 
 def default_grid() -> list[Case]:
-    """FMNIST: IPC 1/10/50 x {real, dm, dp-dm eps 10 and 1, gm}, plus federated DM at IPC 10; IPC 10 first."""
+    """FMNIST: IPC 1/10/50 x {real, dm, dp-dm eps 10 and 1, gm}, plus federated DM and dp-dos eps 10 at IPC 10;
+    IPC 10 first."""
     cases: list[Case] = []
     for ipc in (10, 1, 50):
         cases += [Case("real", "centralized", ipc), Case("dm", "centralized", ipc)]
@@ -44,6 +45,8 @@ def default_grid() -> list[Case]:
             cases.append(Case("dm", "federated", 10))
         cases += [Case("dp-dm", "centralized", ipc, 10.0), Case("dp-dm", "centralized", ipc, 1.0),
                   Case("gm", "centralized", ipc)]
+        if ipc == 10:
+            cases.append(Case("dp-dos", "centralized", 10, 10.0))
     return cases
 
 
