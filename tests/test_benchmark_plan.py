@@ -96,6 +96,23 @@ def test_arguments_cases_and_condensed_sets() -> None:
         parse_args(["--condensed-set", "no-path"])
 
 
+def test_variants_add_each_selected_case_with_its_overrides_and_interleave_by_seed(tmp_path: Path) -> None:
+    args = parse_args(["--only", "fast:mi", "--variant", "t4:distill.temperature=4,distill.kd_steps=50",
+                       "--variant", "wu:distill.warmup_epochs=10"])
+    cases = selected_cases(args)
+    assert [c.name for c in cases] == ["fast:mi", "fast:mi@t4", "fast:mi@wu"]
+    assert cases[1].spec == "fast:mi" and cases[1].overrides == {"distill.temperature": "4", "distill.kd_steps": "50"}
+    jobs = plan.plan_jobs(cases, ["dm"], 2)
+    assert [(j.case.name, j.seed) for j in jobs][:3] == [("fast:mi", 0), ("fast:mi@t4", 0), ("fast:mi@wu", 0)]
+    command = plan.case_command(jobs[1], args, "teacher", {"dm": "dm.safetensors"}, tmp_path)
+    assert command[-4:] == ["--set", "distill.temperature=4", "--set", "distill.kd_steps=50"]
+    for bad in ("t4", "t4:", "t4:temperature=4", "t-4:distill.temperature=4", "t4:distill.temperature"):
+        with pytest.raises(SystemExit):
+            parse_args(["--variant", bad])
+    with pytest.raises(SystemExit):
+        parse_args(["--variant", "a:distill.x=1", "--variant", "a:distill.y=2"])
+
+
 def fake_runner(monkeypatch: pytest.MonkeyPatch) -> tuple[list[tuple[plan.JobKey, set[plan.JobKey]]], list[int]]:
     lock, active, peak, started = threading.Lock(), [0], [0], []
 
