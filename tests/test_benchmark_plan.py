@@ -113,6 +113,14 @@ def test_variants_add_each_selected_case_with_its_overrides_and_interleave_by_se
         parse_args(["--variant", "a:distill.x=1", "--variant", "a:distill.y=2"])
 
 
+@pytest.mark.parametrize("argv", [["--variant", "t:distill.temprature=4"], ["--variant", "t:distill.kd_steps=0"],
+                                  ["--set", "distill.kd_steps=many"]])
+def test_bad_overrides_stop_the_benchmark_before_any_job(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(argv)
+    assert "distill." in capsys.readouterr().err
+
+
 def fake_runner(monkeypatch: pytest.MonkeyPatch) -> tuple[list[tuple[plan.JobKey, set[plan.JobKey]]], list[int]]:
     lock, active, peak, started = threading.Lock(), [0], [0], []
 

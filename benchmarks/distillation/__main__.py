@@ -58,8 +58,9 @@ from benchmarks.distillation.report import (
     write_png,
 )
 from shared.checkpoint import load_checkpoint
-from shared.config import load_config
+from shared.config import apply_overrides, load_config
 from shared.data import load_dataset
+from shared.errors import CondexError
 from shared.train import evaluate
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "distillation"
@@ -90,6 +91,17 @@ def with_variants(cases: list[Case], variants: list[tuple[str, dict[str, str]]])
     extra = [replace(c, name=f"{c.name}@{name}", overrides=c.overrides | overrides)
              for name, overrides in variants for c in cases]
     return cases + extra
+
+
+def check_overrides(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Every ``--set`` and ``--variant`` override applied to the setting and validated now, so a misspelt key
+    or a bad value stops the benchmark before its first job, not as a failed job minutes into a sweep."""
+    common = dict(item.split("=", 1) if "=" in item else (item, "") for item in args.set)
+    for flag, overrides in [("--set", {}), *((f"--variant {name}", o) for name, o in args.variant)]:
+        try:
+            apply_overrides(load_config(), common | overrides).validate()
+        except CondexError as exc:
+            parser.error(f"{flag}: {exc}")
 
 
 def all_cases() -> list[Case]:
@@ -134,6 +146,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     names = [name for name, _ in args.condensed_set]
     if len({name for name, _ in args.variant}) != len(args.variant):
         parser.error("--variant names must be unique")
+    check_overrides(parser, args)
     if len(set(names)) != len(names) or {args.condensed_name, IPC1_SET} & set(names):
         parser.error(f"--condensed-set names must be unique and not {args.condensed_name!r} or {IPC1_SET!r}")
     return args
